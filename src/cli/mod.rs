@@ -1,0 +1,64 @@
+//! The `atedm` command line: a thin layer over the library.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Result;
+use crate::gpu::{ContextOptions, GpuContext};
+
+pub mod bench_ops;
+
+/// Adapter selection flags shared by every subcommand that uses the GPU.
+#[derive(Args, Clone, Debug, Default)]
+pub struct GpuArgs {
+    /// Backend: vulkan, metal or dx12 (default: any native backend).
+    #[arg(long, env = "ATEDM_BACKEND", global = true)]
+    pub backend: Option<String>,
+    /// Adapter name substring, e.g. "llvmpipe" or "nvidia" (default: discrete, then integrated, then any).
+    #[arg(long, env = "ATEDM_ADAPTER", global = true)]
+    pub adapter: Option<String>,
+}
+
+impl GpuArgs {
+    pub fn context(&self) -> Result<GpuContext> {
+        GpuContext::new(&ContextOptions { backend: self.backend.clone(), adapter: self.adapter.clone() })
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "atedm", version, about = "Stable Diffusion XL on WebGPU with attention-driven token pruning (AT-EDM)")]
+pub struct Cli {
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the adapter, backend, driver, features and limits.
+    Info {
+        /// List every adapter instead of opening one.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Kernel throughput report (GFLOP/s of matmul, conv and attention) on the current adapter.
+    BenchOps(bench_ops::BenchOpsArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info { all } => {
+            if all {
+                for a in GpuContext::list_adapters(cli.gpu.backend.as_deref())? {
+                    println!("{} | {} | {} | {} {}", a.name, a.backend, a.device_type, a.driver, a.driver_info);
+                }
+                return Ok(());
+            }
+            let ctx = cli.gpu.context()?;
+            println!("{}", ctx.describe());
+            Ok(())
+        }
+        Command::BenchOps(args) => bench_ops::run(&cli.gpu.context()?, &args),
+    }
+}

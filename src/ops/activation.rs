@@ -1,0 +1,3 @@
+//! activation kernels (placeholder).
+
+crate::shader_family!(pub SHADER, "activation");

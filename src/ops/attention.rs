@@ -1,0 +1,3 @@
+//! attention kernels (placeholder).
+
+crate::shader_family!(pub SHADER, "attention");

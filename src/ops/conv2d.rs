@@ -1,0 +1,3 @@
+//! conv2d kernels (placeholder).
+
+crate::shader_family!(pub SHADER, "conv2d");

@@ -1,0 +1,3 @@
+//! embedding kernels (placeholder).
+
+crate::shader_family!(pub SHADER, "embedding");

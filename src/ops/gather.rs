@@ -1,0 +1,3 @@
+//! gather kernels (placeholder).
+
+crate::shader_family!(pub SHADER, "gather");

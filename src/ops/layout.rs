@@ -1,0 +1,3 @@
+//! layout kernels (placeholder).
+
+crate::shader_family!(pub SHADER, "layout");

@@ -1,0 +1,3 @@
+//! matmul kernels (placeholder).
+
+crate::shader_family!(pub SHADER, "matmul");

@@ -1,0 +1,3 @@
+//! norm kernels (placeholder).
+
+crate::shader_family!(pub SHADER, "norm");

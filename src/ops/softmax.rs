@@ -1,0 +1,3 @@
+//! softmax kernels (placeholder).
+
+crate::shader_family!(pub SHADER, "softmax");

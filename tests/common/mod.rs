@@ -1,0 +1,83 @@
+//! Shared test helpers: one GPU context per test binary, random data, tolerance checks.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use atedm::gpu::{ContextOptions, GpuContext};
+use atedm::{DType, Tensor};
+use half::f16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The test context. Tests need an adapter: run them through the README's test command
+/// (`tools/test.sh`), which installs Mesa's software Vulkan when none is present.
+pub fn ctx() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        GpuContext::new(&ContextOptions::from_env()).unwrap_or_else(|e| {
+            panic!("GPU tests need an adapter ({e}). Run tools/test.sh, which installs mesa-vulkan-drivers")
+        })
+    })
+}
+
+/// Both storage dtypes the kernels support.
+pub const DTYPES: [DType; 2] = [DType::F32, DType::F16];
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `n` values uniform in [-scale, scale).
+pub fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// Rounds through the storage dtype, so the CPU reference sees exactly what the GPU sees.
+pub fn round_to(dtype: DType, v: &[f32]) -> Vec<f32> {
+    match dtype {
+        DType::F16 => v.iter().map(|&x| f16::from_f32(x).to_f32()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
+/// Uploads `v` (already representable in `dtype`, see [`round_to`]).
+pub fn upload(v: &[f32], shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::from_f32(ctx(), v, shape, dtype).expect("upload")
+}
+
+pub fn download(t: &Tensor) -> Vec<f32> {
+    t.to_f32_vec(ctx()).expect("download")
+}
+
+/// Relative tolerance against max|ref| used by most ops: f32 1e-4 (the brief's bound);
+/// f16 2e-3: inputs are rounded to f16 for both sides, kernels accumulate in f32, so the
+/// difference is the final rounding to f16 (2^-11 = 4.9e-4 relative) plus f32 summation-order
+/// noise; 2e-3 leaves room for values near max|ref| that round the other way once more.
+pub fn tol(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => 2e-3,
+        _ => 1e-4,
+    }
+}
+
+/// Asserts max|got - want| <= rel * max|want| (with a floor of 1e-6 on max|want|).
+pub fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let mut worst = (0usize, 0f32);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        assert!(!g.is_nan() || w.is_nan(), "{what}: NaN at {i} (want {w})");
+        if d > worst.1 {
+            worst = (i, d);
+        }
+    }
+    assert!(
+        worst.1 <= rel * max_ref,
+        "{what}: max abs err {} at {} (got {}, want {}) > {rel} x max|ref| {max_ref}",
+        worst.1,
+        worst.0,
+        got[worst.0],
+        want[worst.0]
+    );
+}
