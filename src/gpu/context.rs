@@ -239,6 +239,20 @@ impl GpuContext {
     pub fn reset_peak_memory(&self) {
         self.pool.reset_peak();
     }
+    /// Destroys the device now (frees its memory). Every later operation returns
+    /// [`Error::DeviceLost`].
+    pub fn destroy(&self) {
+        self.lost.lock().unwrap().get_or_insert_with(|| "destroyed by GpuContext::destroy".into());
+        self.device.destroy();
+    }
+
+    fn check_lost(&self) -> Result<()> {
+        match self.lost.lock().unwrap().clone() {
+            Some(reason) => Err(Error::DeviceLost(reason)),
+            None => Ok(()),
+        }
+    }
+
     /// Frees the pool's unused buffers.
     pub fn trim_pool(&self) {
         self.pool.trim();
@@ -290,9 +304,7 @@ impl GpuContext {
     /// Returns the first error the device reported since the last check (validation, OOM,
     /// device loss), clearing it.
     pub fn check(&self) -> Result<()> {
-        if let Some(reason) = self.lost.lock().unwrap().clone() {
-            return Err(Error::DeviceLost(reason));
-        }
+        self.check_lost()?;
         let mut errs = self.errors.lock().unwrap();
         if errs.is_empty() {
             return Ok(());
@@ -307,6 +319,7 @@ impl GpuContext {
     /// Allocates a storage buffer of at least `bytes` bytes (from the pool when possible).
     /// Returns the buffer and its size class.
     pub(crate) fn alloc(&self, bytes: u64, what: &str) -> Result<(wgpu::Buffer, u64)> {
+        self.check_lost()?;
         if bytes > self.limits.max_buffer_size {
             return Err(Error::TooLarge {
                 op: "alloc",
@@ -361,6 +374,7 @@ impl GpuContext {
 
     /// Writes `data` at the start of `buffer`, in stream order with recorded ops.
     pub(crate) fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        self.check_lost()?;
         // queue.write_buffer lands before the next submit: submit what is recorded first so a
         // pooled buffer still read by recorded ops is not overwritten under them.
         self.flush()?;
@@ -379,6 +393,7 @@ impl GpuContext {
 
     /// Reads `bytes` bytes from the start of `buffer` (submits pending work and waits).
     pub(crate) fn read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        self.check_lost()?;
         let padded = bytes.div_ceil(4) * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -535,9 +550,7 @@ impl GpuContext {
         tensors: &[(&str, &Tensor)],
         workgroups: [u32; 3],
     ) -> Result<()> {
-        if let Some(reason) = self.lost.lock().unwrap().clone() {
-            return Err(Error::DeviceLost(reason));
-        }
+        self.check_lost()?;
         let max_bind = self.limits.max_storage_buffer_binding_size;
         for (name, t) in tensors {
             let bytes = t.binding_bytes();

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command (README). Works on a fresh Debian machine with no GPU: it installs
+# Mesa's software Vulkan driver when needed (as root), then runs the whole test suite on it.
+# Extra arguments go to `cargo test` (e.g. `tools/test.sh --test ops_matmul`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "test.sh: cargo not found. Install Rust (https://rustup.rs), version 1.85 or newer." >&2
+    exit 1
+fi
+tools/ensure-vulkan.sh
+
+# Mesa's loader complains on stderr when XDG_RUNTIME_DIR is unset (headless machines, CI).
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    export XDG_RUNTIME_DIR="${TMPDIR:-/tmp}/atedm-xdg-$(id -u)"
+    mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+fi
+
+cargo test --locked "$@"
