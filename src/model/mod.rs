@@ -1,0 +1,5 @@
+//! Models: configs, weight loading and key mapping, and the networks (mirroring diffusers'
+//! module names so the code reads beside diffusers').
+
+pub mod config;
+pub mod weights;

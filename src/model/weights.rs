@@ -1,0 +1,296 @@
+//! Weight files: memory-mapped safetensors (single files, diffusers folders with `.fp16`
+//! variants and sharded index files), dtype conversion on upload, and a loader that collects
+//! every missing, unexpected or wrongly shaped tensor into one error.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::tensor::{DType, Tensor};
+
+/// One memory-mapped safetensors file with its parsed header.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    meta: Metadata,
+}
+
+impl SafetensorsFile {
+    /// Maps and parses `path`. A truncated or corrupt file is an error naming the file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        // SAFETY: the map is read-only; a file truncated by another process while mapped could
+        // fault, as with any mmap reader (the same contract as safetensors' own loaders).
+        let mmap = unsafe { Mmap::map(&file) }
+            .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            Error::Invalid(format!("{}: not a valid safetensors file ({e})", path.display()))
+        })?;
+        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, data_start: 8 + n, meta })
+    }
+
+    /// Path of the file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Names of the tensors in the file.
+    pub fn names(&self) -> Vec<String> {
+        self.meta.offset_keys()
+    }
+
+    fn bytes(&self, name: &str) -> Option<(Dtype, &[usize], &[u8])> {
+        let info = self.meta.info(name)?;
+        let (a, b) = info.data_offsets;
+        Some((info.dtype, &info.shape, &self.mmap[self.data_start + a..self.data_start + b]))
+    }
+}
+
+/// Where one tensor lives: a file and its key there.
+#[derive(Clone, Debug)]
+struct Location {
+    file: usize,
+    key: String,
+}
+
+/// A set of weight files seen through one naming scheme (diffusers module names).
+pub struct WeightStore {
+    files: Vec<SafetensorsFile>,
+    entries: BTreeMap<String, Location>,
+}
+
+impl WeightStore {
+    /// All tensors of `files`, keyed by their own names.
+    pub fn from_files(files: Vec<SafetensorsFile>) -> Result<Self> {
+        Self::from_files_mapped(files, |k| Some(k.to_string()))
+    }
+
+    /// Tensors of `files` renamed by `map` (keys it maps to `None` are not part of this store,
+    /// e.g. the VAE's keys when loading a UNet from a single-file checkpoint).
+    pub fn from_files_mapped(files: Vec<SafetensorsFile>, map: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut entries = BTreeMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for key in f.names() {
+                if let Some(name) = map(&key) {
+                    if let Some(prev) = entries.insert(name.clone(), Location { file: i, key: key.clone() }) {
+                        return Err(Error::Invalid(format!(
+                            "tensor '{name}' appears twice: '{}' in {} and '{key}' in {}",
+                            prev.key,
+                            files[prev.file].path.display(),
+                            f.path.display()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(WeightStore { files, entries })
+    }
+
+    /// Opens a diffusers model folder's weights (`<stem>.safetensors`, its `.fp16` variant, or
+    /// a sharded `<stem>.safetensors.index.json`). With both precisions present, `prefer_f16`
+    /// picks the fp16 variant.
+    pub fn open_diffusers(dir: &Path, stem: &str, prefer_f16: bool) -> Result<Self> {
+        let variants = if prefer_f16 { ["fp16.", ""] } else { ["", "fp16."] };
+        for v in variants {
+            let single = dir.join(format!("{stem}.{v}safetensors"));
+            if single.is_file() {
+                return Self::from_files(vec![SafetensorsFile::open(&single)?]);
+            }
+            let index = dir.join(format!("{stem}.{v}safetensors.index.json"));
+            if index.is_file() {
+                return Self::open_sharded(&index);
+            }
+        }
+        Err(Error::Invalid(format!(
+            "{}: no weights found (expected {stem}.safetensors, {stem}.fp16.safetensors or a sharded {stem}.safetensors.index.json)",
+            dir.display()
+        )))
+    }
+
+    /// Opens the shards listed in a `*.safetensors.index.json` (`weight_map`: name -> file).
+    pub fn open_sharded(index: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index)
+            .map_err(|source| Error::Io { path: index.display().to_string(), source })?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: invalid index json ({e})", index.display())))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+            Error::Invalid(format!("{}: no 'weight_map' object", index.display()))
+        })?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut shard_names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        shard_names.sort();
+        shard_names.dedup();
+        let files = shard_names
+            .iter()
+            .map(|s| SafetensorsFile::open(&dir.join(s)))
+            .collect::<Result<Vec<_>>>()?;
+        let store = Self::from_files(files)?;
+        let missing: Vec<&String> = map.keys().filter(|k| !store.entries.contains_key(*k)).collect();
+        if !missing.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{}: {} tensors listed in the index are in none of the shards: {}",
+                index.display(),
+                missing.len(),
+                list(missing.iter().map(|s| s.as_str()))
+            )));
+        }
+        Ok(store)
+    }
+
+    /// Whether a tensor exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Names of all tensors.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(|s| s.as_str())
+    }
+
+    /// Shape of a tensor.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let loc = self.entries.get(name)?;
+        self.files[loc.file].bytes(&loc.key).map(|(_, s, _)| s.to_vec())
+    }
+
+    /// Reads a tensor as f32 on the host.
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let loc = self.entries.get(name).ok_or_else(|| Error::Invalid(format!("missing tensor '{name}'")))?;
+        let f = &self.files[loc.file];
+        let (dt, shape, bytes) = f.bytes(&loc.key).expect("entries point at existing keys");
+        Ok((shape.to_vec(), to_f32(dt, bytes).map_err(|e| Error::Invalid(format!("{}: '{}': {e}", f.path.display(), loc.key)))?))
+    }
+
+    fn upload(&self, ctx: &GpuContext, name: &str, dtype: DType) -> Result<Tensor> {
+        let loc = &self.entries[name];
+        let f = &self.files[loc.file];
+        let (dt, shape, bytes) = f.bytes(&loc.key).expect("entries point at existing keys");
+        let what = |e: String| Error::Invalid(format!("{}: '{}': {e}", f.path.display(), loc.key));
+        match (dt, dtype) {
+            (Dtype::F16, DType::F16) => {
+                let h: Vec<f16> = bytemuck::pod_collect_to_vec(bytes);
+                Tensor::from_f16(ctx, &h, shape)
+            }
+            (_, DType::F16 | DType::F32) => Tensor::from_f32(ctx, &to_f32(dt, bytes).map_err(what)?, shape, dtype),
+            (_, DType::U32) => Err(Error::Invalid("weights are uploaded as f32 or f16".into())),
+        }
+    }
+}
+
+fn to_f32(dt: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
+    Ok(match dt {
+        Dtype::F32 => bytemuck::pod_collect_to_vec(bytes),
+        Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, f16>(bytes).iter().map(|x| x.to_f32()).collect(),
+        Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(bytes).iter().map(|x| x.to_f32()).collect(),
+        other => return Err(format!("dtype {other:?} is not a float weight type (expected F32, F16 or BF16)")),
+    })
+}
+
+fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = items.collect();
+    const SHOW: usize = 20;
+    if v.len() > SHOW {
+        format!("{}, ... ({} more)", v[..SHOW].join(", "), v.len() - SHOW)
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Uploads the tensors a model asks for, converting to the compute dtype, and reports all
+/// problems at once in [`WeightLoader::finish`].
+pub struct WeightLoader<'a> {
+    ctx: &'a GpuContext,
+    store: &'a WeightStore,
+    dtype: DType,
+    used: HashSet<String>,
+    missing: Vec<String>,
+    wrong_shape: Vec<String>,
+    failed: Option<Error>,
+}
+
+impl<'a> WeightLoader<'a> {
+    pub fn new(ctx: &'a GpuContext, store: &'a WeightStore, dtype: DType) -> Self {
+        WeightLoader {
+            ctx,
+            store,
+            dtype,
+            used: HashSet::new(),
+            missing: Vec::new(),
+            wrong_shape: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The tensor `name` with shape `shape`, or `None` after recording the problem. Shapes
+    /// that differ only by trailing 1s (conv 1x1 kernels stored as linear weights and back)
+    /// are accepted and viewed as `shape`.
+    pub fn get(&mut self, name: &str, shape: &[usize]) -> Option<Tensor> {
+        if self.failed.is_some() {
+            return None;
+        }
+        let Some(have) = self.store.shape(name) else {
+            self.missing.push(format!("{name} {shape:?}"));
+            return None;
+        };
+        self.used.insert(name.to_string());
+        let strip = |s: &[usize]| {
+            let mut v = s.to_vec();
+            while v.len() > 1 && *v.last().unwrap() == 1 {
+                v.pop();
+            }
+            v
+        };
+        if strip(&have) != strip(shape) {
+            self.wrong_shape.push(format!("{name}: file has {have:?}, model needs {shape:?}"));
+            return None;
+        }
+        match self.store.upload(self.ctx, name, self.dtype).and_then(|t| t.reshape(shape)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.failed = Some(e);
+                None
+            }
+        }
+    }
+
+    /// Ok if every requested tensor was found with the right shape and none was left unused.
+    pub fn finish(self) -> Result<()> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let unexpected: Vec<&str> = self.store.names().filter(|n| !self.used.contains(*n)).collect();
+        if self.missing.is_empty() && self.wrong_shape.is_empty() && unexpected.is_empty() {
+            return Ok(());
+        }
+        let mut msg = String::from("the weights do not match the model:");
+        if !self.missing.is_empty() {
+            msg += &format!("\n  missing ({}): {}", self.missing.len(), list(self.missing.iter().map(|s| s.as_str())));
+        }
+        if !self.wrong_shape.is_empty() {
+            msg += &format!("\n  wrong shape ({}): {}", self.wrong_shape.len(), list(self.wrong_shape.iter().map(|s| s.as_str())));
+        }
+        if !unexpected.is_empty() {
+            msg += &format!("\n  unexpected ({}): {}", unexpected.len(), list(unexpected.into_iter()));
+        }
+        Err(Error::Invalid(msg))
+    }
+}
+
+/// Reads a whole safetensors file into host f32 tensors (inputs and references, small files).
+pub fn read_all_f32(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
+    let store = WeightStore::from_files(vec![SafetensorsFile::open(path)?])?;
+    store.names().map(|n| Ok((n.to_string(), store.read_f32(n)?))).collect()
+}
