@@ -375,9 +375,6 @@ impl GpuContext {
     /// Writes `data` at the start of `buffer`, in stream order with recorded ops.
     pub(crate) fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) -> Result<()> {
         self.check_lost()?;
-        // queue.write_buffer lands before the next submit: submit what is recorded first so a
-        // pooled buffer still read by recorded ops is not overwritten under them.
-        self.flush()?;
         let padded;
         let bytes = if data.len() % 4 != 0 {
             let mut v = data.to_vec();
@@ -387,6 +384,11 @@ impl GpuContext {
         } else {
             data
         };
+        // queue.write_buffer lands before the next submit: submit what is recorded first, under
+        // the recording lock, so a pooled buffer still read by recorded ops is not overwritten
+        // under them and no other thread's submit slips in between.
+        let mut p = self.pending.lock().unwrap();
+        self.submit_locked(&mut p)?;
         self.queue.write_buffer(buffer, 0, bytes);
         Ok(())
     }
@@ -401,8 +403,12 @@ impl GpuContext {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.with_encoder(|enc| enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, padded));
-        self.flush()?;
+        {
+            let mut p = self.pending.lock().unwrap();
+            Self::encoder(&self.device, &mut p).copy_buffer_to_buffer(buffer, 0, &staging, 0, padded);
+            self.submit_locked(&mut p)?;
+        }
+        self.check()?;
         let (tx, rx) = std::sync::mpsc::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -443,22 +449,22 @@ impl GpuContext {
 
     // ---------------------------------------------------------------- recording
 
-    fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
-        let mut p = self.pending.lock().unwrap();
-        let enc = p.encoder.get_or_insert_with(|| {
-            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("atedm") })
-        });
-        f(enc)
+    fn encoder<'p>(device: &wgpu::Device, p: &'p mut Pending) -> &'p mut wgpu::CommandEncoder {
+        p.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("atedm") })
+        })
     }
 
-    /// Submits everything recorded so far (does not wait).
-    pub fn flush(&self) -> Result<()> {
-        let enc = {
-            let mut p = self.pending.lock().unwrap();
-            p.dispatches = 0;
-            p.encoder.take()
-        };
-        if let Some(enc) = enc {
+    fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut p = self.pending.lock().unwrap();
+        f(Self::encoder(&self.device, &mut p))
+    }
+
+    /// Submits the pending encoder while the caller holds the recording lock, so submissions
+    /// reach the queue in recording order whatever the threads do.
+    fn submit_locked(&self, p: &mut Pending) -> Result<()> {
+        p.dispatches = 0;
+        if let Some(enc) = p.encoder.take() {
             let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
             let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
             self.queue.submit([enc.finish()]);
@@ -467,6 +473,15 @@ impl GpuContext {
             if let Some(e) = oom.or(err) {
                 return Err(convert_error(e, "submitting recorded work"));
             }
+        }
+        Ok(())
+    }
+
+    /// Submits everything recorded so far (does not wait).
+    pub fn flush(&self) -> Result<()> {
+        {
+            let mut p = self.pending.lock().unwrap();
+            self.submit_locked(&mut p)?;
         }
         self.check()
     }
@@ -611,25 +626,20 @@ impl GpuContext {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("{op}: binding failed for '{}': {e}", kernel.entry)));
         }
-        let submit_now = {
-            let mut p = self.pending.lock().unwrap();
-            let enc = p.encoder.get_or_insert_with(|| {
-                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("atedm") })
+        let mut p = self.pending.lock().unwrap();
+        {
+            let enc = Self::encoder(&self.device, &mut p);
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel.entry),
+                timestamp_writes: None,
             });
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(kernel.entry),
-                    timestamp_writes: None,
-                });
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
-            }
-            p.dispatches += 1;
-            p.dispatches >= MAX_PENDING_DISPATCHES
-        };
-        if submit_now {
-            self.flush()?;
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        }
+        p.dispatches += 1;
+        if p.dispatches >= MAX_PENDING_DISPATCHES {
+            self.submit_locked(&mut p)?;
         }
         Ok(())
     }

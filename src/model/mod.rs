@@ -2,4 +2,5 @@
 //! module names so the code reads beside diffusers').
 
 pub mod config;
+pub mod keymap;
 pub mod weights;
