@@ -2,7 +2,7 @@
 // ST (the storage type) is prepended by the engine: f32, or f16 with `enable f16`.
 //
 // Tiling: each workgroup (16x16 invocations) computes a 64x64 output tile; each invocation a
-// 4x4 register block. K is walked in slabs of 16 staged in workgroup memory (f32).
+// 4x4 register block. K is walked in slabs of 32 staged in workgroup memory (f32).
 // Transposes and batch broadcasting are expressed with element strides.
 
 struct MatmulParams {
@@ -22,7 +22,7 @@ struct MatmulParams {
 
 const TM: u32 = 64u;
 const TN: u32 = 64u;
-const TK: u32 = 16u;
+const TK: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<ST>;
@@ -31,9 +31,31 @@ const TK: u32 = 16u;
 @group(0) @binding(4) var<storage, read> residual: array<ST>; // a placeholder when unused
 @group(0) @binding(5) var<storage, read_write> out: array<ST>;
 
-// Slabs stored [k][m/4] and [k][n/4] as vec4 so the inner loop reads 4 rows / 4 columns at once.
-var<workgroup> a_tile: array<vec4<f32>, 256>; // TK * TM / 4
-var<workgroup> b_tile: array<vec4<f32>, 256>; // TK * TN / 4
+// Slabs stored [k][m] and [k][n] (f32).
+var<workgroup> a_tile: array<f32, 2048>; // TK * TM
+var<workgroup> b_tile: array<f32, 2048>; // TK * TN
+
+fn a4(i: u32) -> vec4<f32> {
+    return vec4<f32>(a_tile[i], a_tile[i + 1u], a_tile[i + 2u], a_tile[i + 3u]);
+}
+
+fn b4(i: u32) -> vec4<f32> {
+    return vec4<f32>(b_tile[i], b_tile[i + 1u], b_tile[i + 2u], b_tile[i + 3u]);
+}
+
+// Writes 4 consecutive output columns of row `om` (bounds-checked), with the epilogue.
+fn store_row(bi: u32, om: u32, n0: u32, v: vec4<f32>) {
+    if (om >= p.m) { return; }
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        let on = n0 + j;
+        if (on >= p.n) { return; }
+        let o = (bi * p.m + om) * p.n + on;
+        var r = v[j];
+        if ((p.flags & 1u) != 0u) { r = r + f32(bias[on]); }
+        if ((p.flags & 2u) != 0u) { r = r + f32(residual[o]); }
+        out[o] = ST(r);
+    }
+}
 
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -50,47 +72,43 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let a_base = bi * p.a_sb;
     let b_base = bi * p.b_sb;
 
-    // Each invocation stages 4 elements of each slab: fixed column li % 64, k = li / 64 + 4 j.
+    // Each invocation stages TK/4 elements of each slab: fixed column li % 64, k = li / 64 + 4 j.
     let lm = li % TM;
     let lk = li / TM;
     let gm = m0 + lm;
     let gn = n0 + lm;
 
-    var acc: array<vec4<f32>, 4>;
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
     for (var k0 = 0u; k0 < p.k; k0 = k0 + TK) {
-        for (var j = 0u; j < 4u; j = j + 1u) {
+        for (var j = 0u; j < TK / 4u; j = j + 1u) {
             let kk = lk + 4u * j;
             let gk = k0 + kk;
             var av = 0.0;
             if (gm < p.m && gk < p.k) { av = f32(a[a_base + gm * p.a_sm + gk * p.a_sk]); }
-            a_tile[kk * 16u + lm / 4u][lm % 4u] = av;
+            a_tile[kk * TM + lm] = av;
             var bv = 0.0;
             if (gn < p.n && gk < p.k) { bv = f32(b[b_base + gk * p.b_sk + gn * p.b_sn]); }
-            b_tile[kk * 16u + lm / 4u][lm % 4u] = bv;
+            b_tile[kk * TN + lm] = bv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk = kk + 1u) {
-            let av = a_tile[kk * 16u + lid.y];
-            let bv = b_tile[kk * 16u + lid.x];
-            acc[0] = acc[0] + av.x * bv;
-            acc[1] = acc[1] + av.y * bv;
-            acc[2] = acc[2] + av.z * bv;
-            acc[3] = acc[3] + av.w * bv;
+            let av = a4(kk * TM + lid.y * 4u);
+            let bv = b4(kk * TN + lid.x * 4u);
+            acc0 = acc0 + av.x * bv;
+            acc1 = acc1 + av.y * bv;
+            acc2 = acc2 + av.z * bv;
+            acc3 = acc3 + av.w * bv;
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i = i + 1u) {
-        let om = m0 + lid.y * 4u + i;
-        if (om >= p.m) { break; }
-        for (var j = 0u; j < 4u; j = j + 1u) {
-            let on = n0 + lid.x * 4u + j;
-            if (on >= p.n) { break; }
-            let o = (bi * p.m + om) * p.n + on;
-            var v = acc[i][j];
-            if ((p.flags & 1u) != 0u) { v = v + f32(bias[on]); }
-            if ((p.flags & 2u) != 0u) { v = v + f32(residual[o]); }
-            out[o] = ST(v);
-        }
-    }
+    let om = m0 + lid.y * 4u;
+    let on = n0 + lid.x * 4u;
+    store_row(bi, om, on, acc0);
+    store_row(bi, om + 1u, on, acc1);
+    store_row(bi, om + 2u, on, acc2);
+    store_row(bi, om + 3u, on, acc3);
 }
