@@ -1,4 +1,114 @@
-// Placeholder: the matmul kernels are being written.
-@group(0) @binding(1) var<storage, read_write> out: array<ST>;
-@compute @workgroup_size(1)
-fn placeholder() { out[0] = ST(0.0); }
+// Batched matmul: out[b] = op(a[b]) @ op(b[b]) + bias + residual.
+// ST (the storage type) is prepended by the engine: f32, or f16 with `enable f16`.
+//
+// Tiling: each workgroup (16x16 invocations) computes a 64x64 output tile; each invocation a
+// 4x4 register block. K is walked in slabs of 32 staged in workgroup memory (f32).
+// Transposes and batch broadcasting are expressed with element strides.
+
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,      // output batch
+    a_sm: u32,       // element stride of a along m
+    a_sk: u32,       // ... along k
+    a_sb: u32,       // ... along batch (0: broadcast)
+    b_sk: u32,
+    b_sn: u32,
+    b_sb: u32,
+    flags: u32,      // bit 0: add bias[n], bit 1: add residual[out index]
+    tiles_n: u32,    // ceil(n / 64)
+};
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 32u;
+
+@group(0) @binding(0) var<uniform> p: MatmulParams;
+@group(0) @binding(1) var<storage, read> a: array<ST>;
+@group(0) @binding(2) var<storage, read> b: array<ST>;
+@group(0) @binding(3) var<storage, read> bias: array<ST>;     // a placeholder when unused
+@group(0) @binding(4) var<storage, read> residual: array<ST>; // a placeholder when unused
+@group(0) @binding(5) var<storage, read_write> out: array<ST>;
+
+// Slabs stored [k][m] and [k][n] (f32).
+var<workgroup> a_tile: array<f32, 2048>; // TK * TM
+var<workgroup> b_tile: array<f32, 2048>; // TK * TN
+
+fn a4(i: u32) -> vec4<f32> {
+    return vec4<f32>(a_tile[i], a_tile[i + 1u], a_tile[i + 2u], a_tile[i + 3u]);
+}
+
+fn b4(i: u32) -> vec4<f32> {
+    return vec4<f32>(b_tile[i], b_tile[i + 1u], b_tile[i + 2u], b_tile[i + 3u]);
+}
+
+// Writes 4 consecutive output columns of row `om` (bounds-checked), with the epilogue.
+fn store_row(bi: u32, om: u32, n0: u32, v: vec4<f32>) {
+    if (om >= p.m) { return; }
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        let on = n0 + j;
+        if (on >= p.n) { return; }
+        let o = (bi * p.m + om) * p.n + on;
+        var r = v[j];
+        if ((p.flags & 1u) != 0u) { r = r + f32(bias[on]); }
+        if ((p.flags & 2u) != 0u) { r = r + f32(residual[o]); }
+        out[o] = ST(r);
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_id) lid: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let tiles_m = (p.m + TM - 1u) / TM;
+    let per_batch = tiles_m * p.tiles_n;
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= per_batch * p.batch) { return; }
+    let bi = t / per_batch;
+    let r = t % per_batch;
+    let m0 = (r / p.tiles_n) * TM;
+    let n0 = (r % p.tiles_n) * TN;
+    let a_base = bi * p.a_sb;
+    let b_base = bi * p.b_sb;
+
+    // Each invocation stages TK/4 elements of each slab: fixed column li % 64, k = li / 64 + 4 j.
+    let lm = li % TM;
+    let lk = li / TM;
+    let gm = m0 + lm;
+    let gn = n0 + lm;
+
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
+    for (var k0 = 0u; k0 < p.k; k0 = k0 + TK) {
+        for (var j = 0u; j < TK / 4u; j = j + 1u) {
+            let kk = lk + 4u * j;
+            let gk = k0 + kk;
+            var av = 0.0;
+            if (gm < p.m && gk < p.k) { av = f32(a[a_base + gm * p.a_sm + gk * p.a_sk]); }
+            a_tile[kk * TM + lm] = av;
+            var bv = 0.0;
+            if (gn < p.n && gk < p.k) { bv = f32(b[b_base + gk * p.b_sk + gn * p.b_sn]); }
+            b_tile[kk * TN + lm] = bv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk = kk + 1u) {
+            let av = a4(kk * TM + lid.y * 4u);
+            let bv = b4(kk * TN + lid.x * 4u);
+            acc0 = acc0 + av.x * bv;
+            acc1 = acc1 + av.y * bv;
+            acc2 = acc2 + av.z * bv;
+            acc3 = acc3 + av.w * bv;
+        }
+        workgroupBarrier();
+    }
+
+    let om = m0 + lid.y * 4u;
+    let on = n0 + lid.x * 4u;
+    store_row(bi, om, on, acc0);
+    store_row(bi, om + 1u, on, acc1);
+    store_row(bi, om + 2u, on, acc2);
+    store_row(bi, om + 3u, on, acc3);
+}

@@ -1,3 +1,315 @@
-//! matmul kernels (placeholder).
+//! Batched matrix multiplication with optional transposes, bias and a fused residual add;
+//! [`linear`] (a PyTorch `nn.Linear`) on top of it.
+//!
+//! The kernel computes 64x64 output tiles per workgroup, 4x4 per invocation, staging K in slabs
+//! of 16 in workgroup memory, accumulating in f32.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{dim32, float_dtype};
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, Kernel};
+use crate::tensor::Tensor;
 
 crate::shader_family!(pub SHADER, "matmul");
+const MATMUL: Kernel = SHADER.kernel("matmul");
+
+/// Output tile edge of the kernel (rows and columns).
+const TILE: usize = 64;
+
+/// Epilogue flag bits shared by the matmul and conv2d kernels' params.
+pub(crate) const FLAG_BIAS: u32 = 1;
+pub(crate) const FLAG_RESIDUAL: u32 = 2;
+
+/// Options of [`matmul`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MatmulOptions<'a> {
+    /// `a` is stored `[.., K, M]` and used transposed.
+    pub trans_a: bool,
+    /// `b` is stored `[.., N, K]` and used transposed.
+    pub trans_b: bool,
+    /// `[N]`, added to every row of the output.
+    pub bias: Option<&'a Tensor>,
+    /// Same shape as the output, added to it.
+    pub residual: Option<&'a Tensor>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    a_sm: u32,
+    a_sk: u32,
+    a_sb: u32,
+    b_sk: u32,
+    b_sn: u32,
+    b_sb: u32,
+    flags: u32,
+    tiles_n: u32,
+}
+
+/// Logical dimensions of one operand: batch, rows, cols of `op(t)`, with element strides.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Operand {
+    batch: usize,
+    rows: usize,
+    cols: usize,
+    /// Element strides along rows, cols and batch of `op(t)` (batch stride 0 when batch is 1).
+    s_row: usize,
+    s_col: usize,
+    s_batch: usize,
+}
+
+fn operand(shape: &[usize], trans: bool) -> Option<Operand> {
+    let (batch, r, c) = match *shape {
+        [r, c] => (1, r, c),
+        [b, r, c] => (b, r, c),
+        _ => return None,
+    };
+    let s_batch = if batch == 1 { 0 } else { r * c };
+    Some(if trans {
+        Operand {
+            batch,
+            rows: c,
+            cols: r,
+            s_row: 1,
+            s_col: c,
+            s_batch,
+        }
+    } else {
+        Operand {
+            batch,
+            rows: r,
+            cols: c,
+            s_row: c,
+            s_col: 1,
+            s_batch,
+        }
+    })
+}
+
+/// Validated problem: operands, output batch and output shape.
+struct Plan {
+    a: Operand,
+    b: Operand,
+    batch: usize,
+    out_shape: Vec<usize>,
+}
+
+fn plan(op: &'static str, a: &[usize], b: &[usize], trans_a: bool, trans_b: bool) -> Result<Plan> {
+    let what = || format!("a {a:?} (trans_a {trans_a}) and b {b:?} (trans_b {trans_b})");
+    let (Some(oa), Some(ob)) = (operand(a, trans_a), operand(b, trans_b)) else {
+        return Err(Error::shape(
+            op,
+            format!("operands must have rank 2 or 3, got {}", what()),
+        ));
+    };
+    if oa.cols != ob.rows {
+        return Err(Error::shape(
+            op,
+            format!(
+                "inner dimensions differ ({} vs {}) for {}",
+                oa.cols,
+                ob.rows,
+                what()
+            ),
+        ));
+    }
+    let batch = match (oa.batch, ob.batch) {
+        (x, y) if x == y => x,
+        (1, y) => y,
+        (x, 1) => x,
+        _ => {
+            return Err(Error::shape(
+                op,
+                format!("batch sizes do not broadcast for {}", what()),
+            ))
+        }
+    };
+    let out_shape = if a.len() == 2 && b.len() == 2 {
+        vec![oa.rows, ob.cols]
+    } else {
+        vec![batch, oa.rows, ob.cols]
+    };
+    Ok(Plan {
+        a: oa,
+        b: ob,
+        batch,
+        out_shape,
+    })
+}
+
+/// Checks the optional epilogue tensors: `bias` of shape `bias_shape`, `residual` of `out_shape`.
+pub(crate) fn check_epilogue(
+    op: &'static str,
+    bias: Option<&Tensor>,
+    bias_shape: &[usize],
+    residual: Option<&Tensor>,
+    out_shape: &[usize],
+) -> Result<u32> {
+    let mut flags = 0;
+    if let Some(t) = bias {
+        if t.shape() != bias_shape {
+            return Err(Error::shape(
+                op,
+                format!("bias must have shape {bias_shape:?}, got {:?}", t.shape()),
+            ));
+        }
+        flags |= FLAG_BIAS;
+    }
+    if let Some(t) = residual {
+        if t.shape() != out_shape {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "residual must have the output shape {out_shape:?}, got {:?}",
+                    t.shape()
+                ),
+            ));
+        }
+        flags |= FLAG_RESIDUAL;
+    }
+    Ok(flags)
+}
+
+/// `out[b] = op(a[b]) @ op(b[b]) + bias + residual`.
+///
+/// `a`: `[M, K]` or `[batch, M, K]` (`[.., K, M]` with `trans_a`); `b`: `[K, N]` or
+/// `[batch, K, N]` (`[.., N, K]` with `trans_b`). An operand of rank 2 or batch 1 is broadcast
+/// over the other's batch. Output `[batch, M, N]`, or `[M, N]` when both inputs have rank 2.
+/// `bias`: `[N]`; `residual`: the output's shape. All tensors share one float dtype.
+pub fn matmul(ctx: &GpuContext, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    let mut named = vec![("a", a), ("b", b)];
+    named.extend(opts.bias.map(|t| ("bias", t)));
+    named.extend(opts.residual.map(|t| ("residual", t)));
+    let dtype = float_dtype(OP, &named)?;
+    let pl = plan(OP, a.shape(), b.shape(), opts.trans_a, opts.trans_b)?;
+    let flags = check_epilogue(OP, opts.bias, &[pl.b.cols], opts.residual, &pl.out_shape)?;
+    let out = Tensor::empty(ctx, &pl.out_shape, dtype)?;
+    dim32(OP, out.numel())?;
+    let (m, n) = (pl.a.rows, pl.b.cols);
+    let tiles_n = n.div_ceil(TILE);
+    let params = MatmulParams {
+        m: dim32(OP, m)?,
+        n: dim32(OP, n)?,
+        k: dim32(OP, pl.a.cols)?,
+        batch: dim32(OP, pl.batch)?,
+        a_sm: dim32(OP, pl.a.s_row)?,
+        a_sk: dim32(OP, pl.a.s_col)?,
+        a_sb: dim32(OP, pl.a.s_batch)?,
+        b_sk: dim32(OP, pl.b.s_row)?,
+        b_sn: dim32(OP, pl.b.s_col)?,
+        b_sb: dim32(OP, pl.b.s_batch)?,
+        flags,
+        tiles_n: dim32(OP, tiles_n)?,
+    };
+    // Unused epilogue bindings get `a` as a placeholder (never read: the flags are off).
+    let workgroups = (pl.batch * m.div_ceil(TILE) * tiles_n) as u64;
+    ctx.dispatch(
+        OP,
+        &MATMUL,
+        dtype,
+        bytemuck::bytes_of(&params),
+        &[
+            ("a", a),
+            ("b", b),
+            ("bias", opts.bias.unwrap_or(a)),
+            ("residual", opts.residual.unwrap_or(a)),
+            ("out", &out),
+        ],
+        ctx.grid(workgroups),
+    )?;
+    Ok(out)
+}
+
+/// A linear layer: `x [..., in] @ weight[out, in]^T + bias + residual -> [..., out]`
+/// (PyTorch weight layout). `bias`: `[out]`; `residual`: `[..., out]`.
+pub fn linear(
+    ctx: &GpuContext,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    const OP: &str = "linear";
+    let (xs, ws) = (x.shape(), weight.shape());
+    let (Some(&inf), [outf, win]) = (xs.last(), ws) else {
+        return Err(Error::shape(
+            OP,
+            format!("x must have rank >= 1 and weight rank 2, got x {xs:?} and weight {ws:?}"),
+        ));
+    };
+    if inf != *win {
+        return Err(Error::shape(
+            OP,
+            format!("x {xs:?} has {inf} features but weight {ws:?} expects {win}"),
+        ));
+    }
+    let mut out_shape = xs.to_vec();
+    *out_shape.last_mut().unwrap() = *outf;
+    if let Some(r) = residual {
+        if r.shape() != out_shape.as_slice() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "residual must have shape {out_shape:?}, got {:?}",
+                    r.shape()
+                ),
+            ));
+        }
+    }
+    let rows = x.numel() / inf;
+    let x2 = x.reshape(&[rows, inf])?;
+    let r2 = residual.map(|r| r.reshape(&[rows, *outf])).transpose()?;
+    let opts = MatmulOptions {
+        trans_a: false,
+        trans_b: true,
+        bias,
+        residual: r2.as_ref(),
+    };
+    let out = matmul(ctx, &x2, weight, &opts).map_err(|e| match e {
+        Error::Shape { message, .. } => Error::shape(OP, message),
+        Error::DType { message, .. } => Error::dtype(OP, message),
+        other => other,
+    })?;
+    out.reshape(&out_shape)
+}
+
+/// CPU reference of [`matmul`] on host slices (shapes and options as for the GPU op; `bias`
+/// and `residual` as flat data). Returns the output and its shape. Panics on invalid shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_matmul(
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+    trans_a: bool,
+    trans_b: bool,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> (Vec<f32>, Vec<usize>) {
+    let pl = plan("cpu_matmul", a_shape, b_shape, trans_a, trans_b).expect("valid shapes");
+    let (m, n, k) = (pl.a.rows, pl.b.cols, pl.a.cols);
+    let mut out = vec![0f32; pl.batch * m * n];
+    for bi in 0..pl.batch {
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for l in 0..k {
+                    let av = a[bi * pl.a.s_batch + i * pl.a.s_row + l * pl.a.s_col];
+                    let bv = b[bi * pl.b.s_batch + l * pl.b.s_row + j * pl.b.s_col];
+                    s += av as f64 * bv as f64;
+                }
+                let o = (bi * m + i) * n + j;
+                s += bias.map_or(0.0, |v| v[j] as f64);
+                s += residual.map_or(0.0, |v| v[o] as f64);
+                out[o] = s as f32;
+            }
+        }
+    }
+    (out, pl.out_shape)
+}

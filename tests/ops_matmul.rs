@@ -1,0 +1,200 @@
+mod common;
+
+use atedm::ops::matmul::{self, MatmulOptions};
+use atedm::DType;
+use common::*;
+use proptest::prelude::*;
+
+/// Serialises this file's GPU tests: `GpuContext::flush` submits outside its lock, so a readback
+/// on one thread can overtake a dispatch recorded on another (see the report). Remove once fixed.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Stored shape of an operand with logical `rows x cols` (swapped when transposed), with an
+/// optional batch dimension (`None`: rank 2).
+fn stored(batch: Option<usize>, rows: usize, cols: usize, trans: bool) -> Vec<usize> {
+    let (r, c) = if trans { (cols, rows) } else { (rows, cols) };
+    match batch {
+        Some(b) => vec![b, r, c],
+        None => vec![r, c],
+    }
+}
+
+/// Batch layouts: (a batch, b batch) with rank-2 (`None`) and batch-1 broadcasting.
+fn batches() -> impl Strategy<Value = (Option<usize>, Option<usize>)> {
+    (1usize..4, 0u8..5).prop_map(|(n, kind)| match kind {
+        0 => (None, None),
+        1 => (Some(n), Some(n)),
+        2 => (None, Some(n)),
+        3 => (Some(n), None),
+        _ => (Some(1), Some(n)),
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+    #[test]
+    fn matmul_matches_cpu(m in 1usize..130, n in 1usize..130, k in 1usize..130,
+                          (ba, bb) in batches(), trans in 0u8..4, epi in 0u8..4, seed in any::<u64>()) {
+        let _serial = serial();
+        let (ta, tb) = (trans & 1 == 1, trans & 2 == 2);
+        let sa = stored(ba, m, k, ta);
+        let sb = stored(bb, k, n, tb);
+        let batch = ba.unwrap_or(1).max(bb.unwrap_or(1));
+        let out_shape = if ba.is_none() && bb.is_none() { vec![m, n] } else { vec![batch, m, n] };
+        let mut r = rng(seed);
+        for dtype in DTYPES {
+            let a = round_to(dtype, &rand_vec(&mut r, sa.iter().product(), 1.0));
+            let b = round_to(dtype, &rand_vec(&mut r, sb.iter().product(), 1.0));
+            let bias = round_to(dtype, &rand_vec(&mut r, n, 1.0));
+            let res = round_to(dtype, &rand_vec(&mut r, out_shape.iter().product(), 1.0));
+            let (bias_t, res_t) = (upload(&bias, &[n], dtype), upload(&res, &out_shape, dtype));
+            let use_bias = epi & 1 == 1;
+            let use_res = epi & 2 == 2;
+            let opts = MatmulOptions {
+                trans_a: ta,
+                trans_b: tb,
+                bias: use_bias.then_some(&bias_t),
+                residual: use_res.then_some(&res_t),
+            };
+            // Inputs stay alive until the download: see the pooled-buffer race noted in the report.
+            let (a_t, b_t) = (upload(&a, &sa, dtype), upload(&b, &sb, dtype));
+            let out = matmul::matmul(ctx(), &a_t, &b_t, &opts).unwrap();
+            let (want, want_shape) = matmul::cpu_matmul(
+                &a, &sa, &b, &sb, ta, tb,
+                use_bias.then_some(&bias[..]), use_res.then_some(&res[..]));
+            prop_assert_eq!(out.shape(), want_shape.as_slice());
+            prop_assert_eq!(out.shape(), out_shape.as_slice());
+            assert_close(&download(&out), &want, tol(dtype),
+                &format!("matmul a {sa:?} b {sb:?} ta {ta} tb {tb} epi {epi} {dtype}"));
+        }
+    }
+
+    #[test]
+    fn linear_matches_cpu(lead in prop::collection::vec(1usize..6, 0..3), inf in 1usize..100,
+                          outf in 1usize..100, epi in 0u8..4, seed in any::<u64>()) {
+        let _serial = serial();
+        let mut xs = lead.clone();
+        xs.push(inf);
+        let mut os = lead.clone();
+        os.push(outf);
+        let rows: usize = lead.iter().product();
+        let mut r = rng(seed);
+        for dtype in DTYPES {
+            let x = round_to(dtype, &rand_vec(&mut r, rows * inf, 1.0));
+            let w = round_to(dtype, &rand_vec(&mut r, outf * inf, 1.0));
+            let bias = round_to(dtype, &rand_vec(&mut r, outf, 1.0));
+            let res = round_to(dtype, &rand_vec(&mut r, rows * outf, 1.0));
+            let (bias_t, res_t) = (upload(&bias, &[outf], dtype), upload(&res, &os, dtype));
+            let (use_bias, use_res) = (epi & 1 == 1, epi & 2 == 2);
+            let (x_t, w_t) = (upload(&x, &xs, dtype), upload(&w, &[outf, inf], dtype));
+            let out = matmul::linear(ctx(), &x_t, &w_t,
+                use_bias.then_some(&bias_t), use_res.then_some(&res_t)).unwrap();
+            let (want, _) = matmul::cpu_matmul(&x, &[rows, inf], &w, &[outf, inf], false, true,
+                use_bias.then_some(&bias[..]), use_res.then_some(&res[..]));
+            prop_assert_eq!(out.shape(), os.as_slice());
+            assert_close(&download(&out), &want, tol(dtype), &format!("linear x {xs:?} out {outf} {dtype}"));
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_and_dtypes_are_errors() {
+    let _serial = serial();
+    let c = ctx();
+    let f = DType::F32;
+    let t =
+        |shape: &[usize], dtype: DType| upload(&vec![0.5; shape.iter().product()], shape, dtype);
+    let none = MatmulOptions::default();
+    let e = matmul::matmul(c, &t(&[2, 3], f), &t(&[4, 5], f), &none)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("matmul") && e.contains("[2, 3]") && e.contains("[4, 5]"),
+        "{e}"
+    );
+    let e = matmul::matmul(c, &t(&[2, 2, 3], f), &t(&[3, 3, 5], f), &none)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("matmul") && e.contains("batch") && e.contains("[2, 2, 3]"),
+        "{e}"
+    );
+    let e = matmul::matmul(c, &t(&[3], f), &t(&[3, 5], f), &none)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("matmul") && e.contains("rank") && e.contains("[3]"),
+        "{e}"
+    );
+    let bias = t(&[4], f);
+    let opts = MatmulOptions {
+        bias: Some(&bias),
+        ..Default::default()
+    };
+    let e = matmul::matmul(c, &t(&[2, 3], f), &t(&[3, 5], f), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("matmul") && e.contains("bias") && e.contains("[5]") && e.contains("[4]"),
+        "{e}"
+    );
+    let res = t(&[5, 2], f);
+    let opts = MatmulOptions {
+        residual: Some(&res),
+        ..Default::default()
+    };
+    let e = matmul::matmul(c, &t(&[2, 3], f), &t(&[3, 5], f), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("residual") && e.contains("[2, 5]") && e.contains("[5, 2]"),
+        "{e}"
+    );
+    let e = matmul::matmul(c, &t(&[2, 3], f), &t(&[3, 5], DType::F16), &none)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("matmul") && e.contains("mixed dtypes"), "{e}");
+    let idx = atedm::Tensor::from_u32(c, &[1; 6], &[2, 3]).unwrap();
+    let e = matmul::matmul(c, &idx, &t(&[3, 5], f), &none)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("u32"), "{e}");
+    let e = matmul::linear(c, &t(&[4, 3], f), &t(&[5, 4], f), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("linear") && e.contains("[4, 3]") && e.contains("[5, 4]"),
+        "{e}"
+    );
+}
+
+/// Throughput of a 1024^3 f32 matmul: `cargo test --release --test ops_matmul -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_matmul_1024() {
+    let _serial = serial();
+    let c = ctx();
+    let n = 1024;
+    let mut r = rng(1);
+    let a = upload(&rand_vec(&mut r, n * n, 1.0), &[n, n], DType::F32);
+    let b = upload(&rand_vec(&mut r, n * n, 1.0), &[n, n], DType::F32);
+    let opts = MatmulOptions::default();
+    matmul::matmul(c, &a, &b, &opts).unwrap();
+    c.wait().unwrap();
+    let iters = 2;
+    let t0 = std::time::Instant::now();
+    for _ in 0..iters {
+        matmul::matmul(c, &a, &b, &opts).unwrap();
+    }
+    c.wait().unwrap();
+    let s = t0.elapsed().as_secs_f64() / iters as f64;
+    println!(
+        "matmul 1024^3 f32: {:.1} ms, {:.2} GFLOP/s",
+        s * 1e3,
+        2.0 * (n * n * n) as f64 / s / 1e9
+    );
+}
