@@ -5,13 +5,6 @@ use atedm::DType;
 use common::*;
 use proptest::prelude::*;
 
-/// Serialises this file's GPU tests: `GpuContext::flush` submits outside its lock, so a readback
-/// on one thread can overtake a dispatch recorded on another (see the report). Remove once fixed.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
 
@@ -19,7 +12,6 @@ proptest! {
     fn conv2d_matches_cpu(b in 1usize..3, cin in 1usize..12, cout in 1usize..80,
                           h in 1usize..20, w in 1usize..20, kind in 0u8..3, epi in 0u8..4,
                           seed in any::<u64>()) {
-        let _serial = serial();
         // 3x3 stride 1 pad 1, 3x3 stride 2 pad 1, 1x1 stride 1 pad 0 (the SDXL UNet/VAE convs).
         let (k, stride, padding) = match kind { 0 => (3, 1, 1), 1 => (3, 2, 1), _ => (1, 1, 0) };
         let xs = [b, cin, h, w];
@@ -54,7 +46,6 @@ proptest! {
     #[test]
     fn conv2d_general_kernel(kh in 1usize..6, kw in 1usize..6, stride in 1usize..4, padding in 0usize..3,
                              h in 5usize..14, w in 5usize..14, seed in any::<u64>()) {
-        let _serial = serial();
         let (xs, ws) = ([2, 3, h, w], [5, 3, kh, kw]);
         let mut r = rng(seed);
         let x = rand_vec(&mut r, xs.iter().product(), 1.0);
@@ -70,7 +61,6 @@ proptest! {
 
 #[test]
 fn conv2d_known_values() {
-    let _serial = serial();
     // 1 channel 3x3 input of 1..9, 3x3 all-ones kernel, padding 1: sums of 3x3 neighbourhoods.
     let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
     let out = conv2d::conv2d(
@@ -91,7 +81,6 @@ fn conv2d_known_values() {
 
 #[test]
 fn bad_shapes_and_dtypes_are_errors() {
-    let _serial = serial();
     let c = ctx();
     let f = DType::F32;
     let t =

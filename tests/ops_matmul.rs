@@ -5,13 +5,6 @@ use atedm::DType;
 use common::*;
 use proptest::prelude::*;
 
-/// Serialises this file's GPU tests: `GpuContext::flush` submits outside its lock, so a readback
-/// on one thread can overtake a dispatch recorded on another (see the report). Remove once fixed.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Stored shape of an operand with logical `rows x cols` (swapped when transposed), with an
 /// optional batch dimension (`None`: rank 2).
 fn stored(batch: Option<usize>, rows: usize, cols: usize, trans: bool) -> Vec<usize> {
@@ -39,7 +32,6 @@ proptest! {
     #[test]
     fn matmul_matches_cpu(m in 1usize..130, n in 1usize..130, k in 1usize..130,
                           (ba, bb) in batches(), trans in 0u8..4, epi in 0u8..4, seed in any::<u64>()) {
-        let _serial = serial();
         let (ta, tb) = (trans & 1 == 1, trans & 2 == 2);
         let sa = stored(ba, m, k, ta);
         let sb = stored(bb, k, n, tb);
@@ -76,7 +68,6 @@ proptest! {
     #[test]
     fn linear_matches_cpu(lead in prop::collection::vec(1usize..6, 0..3), inf in 1usize..100,
                           outf in 1usize..100, epi in 0u8..4, seed in any::<u64>()) {
-        let _serial = serial();
         let mut xs = lead.clone();
         xs.push(inf);
         let mut os = lead.clone();
@@ -103,7 +94,6 @@ proptest! {
 
 #[test]
 fn bad_shapes_and_dtypes_are_errors() {
-    let _serial = serial();
     let c = ctx();
     let f = DType::F32;
     let t =
@@ -176,7 +166,6 @@ fn bad_shapes_and_dtypes_are_errors() {
 #[test]
 #[ignore]
 fn bench_matmul_1024() {
-    let _serial = serial();
     let c = ctx();
     let n = 1024;
     let mut r = rng(1);
