@@ -5,14 +5,6 @@ use atedm::DType;
 use common::*;
 use proptest::prelude::*;
 
-/// Serializes this file's GPU tests. `GpuContext::flush` releases its lock between taking the
-/// pending encoder and submitting it, so two threads' submissions can reorder (a readback copy
-/// overtaking the dispatch it reads): a shared-code race, to be fixed in src/gpu/context.rs.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 const ACTS: [Activation; 3] = [Activation::Gelu, Activation::QuickGelu, Activation::Silu];
 
 proptest! {
@@ -20,7 +12,6 @@ proptest! {
 
     #[test]
     fn activation_matches_cpu(rows in 1usize..40, w in 1usize..700, a in 0usize..3, seed in any::<u64>()) {
-        let _serial = serial();
         let act = ACTS[a];
         let mut r = rng(seed);
         for dtype in DTYPES {
@@ -35,7 +26,6 @@ proptest! {
 
     #[test]
     fn geglu_matches_cpu(b in 1usize..3, rows in 1usize..20, f in 1usize..350, seed in any::<u64>()) {
-        let _serial = serial();
         let mut r = rng(seed);
         for dtype in DTYPES {
             let x = round_to(dtype, &rand_vec(&mut r, b * rows * 2 * f, 5.0));
@@ -51,7 +41,6 @@ proptest! {
 /// The CPU erf against known values (so the GELU reference itself can be trusted).
 #[test]
 fn cpu_erf_is_accurate() {
-    let _serial = serial();
     let known = [
         (0.0, 0.0),
         (0.1, 0.1124629160182849),
@@ -75,7 +64,6 @@ fn cpu_erf_is_accurate() {
 /// relative error < 1.2e-7 (plus ~x^2/2 * 6e-8 from the f32 exp), far below 1e-4.
 #[test]
 fn gelu_dense_sweep() {
-    let _serial = serial();
     let x: Vec<f32> = (0..20001).map(|i| -10.0 + i as f32 * 1e-3).collect();
     let xt = upload(&x, &[x.len()], DType::F32);
     let out = activation::activation(ctx(), &xt, Activation::Gelu).unwrap();
@@ -96,7 +84,6 @@ fn gelu_dense_sweep() {
 /// Saturation: huge |x| gives finite results (no inf/inf), x for large positive x, ~0 for large negative.
 #[test]
 fn activations_saturate() {
-    let _serial = serial();
     let x = [-1e4f32, -200.0, -90.0, 90.0, 200.0, 1e4];
     for act in ACTS {
         let xt = upload(&x, &[6], DType::F32);
@@ -110,7 +97,6 @@ fn activations_saturate() {
 
 #[test]
 fn bad_shapes_and_dtypes_are_errors() {
-    let _serial = serial();
     let c = ctx();
     let x = upload(&[1.0; 6], &[2, 3], DType::F32);
     let e = activation::geglu(c, &x).unwrap_err().to_string();

@@ -6,14 +6,6 @@ use common::*;
 use proptest::prelude::*;
 use rand::Rng;
 
-/// Serializes this file's GPU tests. `GpuContext::flush` releases its lock between taking the
-/// pending encoder and submitting it, so two threads' submissions can reorder (a readback copy
-/// overtaking the dispatch it reads): a shared-code race, to be fixed in src/gpu/context.rs.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn cfg(dim: usize, flip: bool, shift: f32) -> TimestepEmbedding {
     TimestepEmbedding {
         dim,
@@ -43,7 +35,6 @@ proptest! {
     /// and the output rounding differ, so the standard tolerances hold.
     #[test]
     fn matches_cpu(b in 1usize..6, dim in 4usize..700, flip in any::<bool>(), shift in 0u8..2, seed in any::<u64>()) {
-        let _serial = serial();
         let c = cfg(dim, flip, shift as f32);
         let mut r = rng(seed);
         let t = timesteps(&mut r, b, 1000.0);
@@ -71,7 +62,6 @@ proptest! {
 /// SD-XL's add_time_proj embeds sizes such as 1024, so t goes to 4096 here.
 #[test]
 fn argument_rounding_bounds() {
-    let _serial = serial();
     let c = cfg(320, true, 0.0);
     let t: Vec<f32> = vec![0.0, 1.0, 37.0, 499.0, 981.0, 999.0, 1024.0, 4096.0];
     let tt = upload(&t, &[t.len()], DType::F32);
@@ -106,7 +96,6 @@ fn argument_rounding_bounds() {
 
 #[test]
 fn bad_inputs_are_errors() {
-    let _serial = serial();
     let cx = ctx();
     let t = upload(&[1.0, 2.0], &[2], DType::F32);
     let e = embedding::timestep_embedding(cx, &t, &cfg(1, false, 0.0), DType::F32)

@@ -5,14 +5,6 @@ use atedm::DType;
 use common::*;
 use proptest::prelude::*;
 
-/// Serializes this file's GPU tests. `GpuContext::flush` releases its lock between taking the
-/// pending encoder and submitting it, so two threads' submissions can reorder (a readback copy
-/// overtaking the dispatch it reads): a shared-code race, to be fixed in src/gpu/context.rs.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
 
@@ -22,7 +14,6 @@ proptest! {
         spatial in prop::collection::vec(1usize..24, 0..=2),
         silu in any::<bool>(), seed in any::<u64>(),
     ) {
-        let _serial = serial();
         let c = groups * cpg;
         let mut shape = vec![b, c];
         shape.extend(&spatial);
@@ -44,7 +35,6 @@ proptest! {
 
     #[test]
     fn layer_norm_matches_cpu(rows in 1usize..40, c in 1usize..700, with_beta in any::<bool>(), seed in any::<u64>()) {
-        let _serial = serial();
         let mut r = rng(seed);
         for dtype in DTYPES {
             let x: Vec<f32> = rand_vec(&mut r, rows * c, 2.0).iter().map(|v| v - 1.5).collect();
@@ -65,7 +55,6 @@ proptest! {
 /// SD-XL's 32 groups; f32 sums of ~5000 elements per group stay well within 1e-4.
 #[test]
 fn group_norm_large_groups() {
-    let _serial = serial();
     let shape = [2, 64, 37, 41];
     let n: usize = shape.iter().product();
     let mut r = rng(7);
@@ -87,7 +76,6 @@ fn group_norm_large_groups() {
 /// ctx.grid; here a rank-3 input checks the row flattening.
 #[test]
 fn layer_norm_rank3() {
-    let _serial = serial();
     let shape = [2, 5, 77];
     let mut r = rng(3);
     let x = rand_vec(&mut r, 2 * 5 * 77, 1.0);
@@ -106,7 +94,6 @@ fn layer_norm_rank3() {
 
 #[test]
 fn bad_shapes_and_dtypes_are_errors() {
-    let _serial = serial();
     let c = ctx();
     let f = DType::F32;
     let x = upload(&[1.0; 2 * 6 * 4], &[2, 6, 4], f);
