@@ -19,6 +19,7 @@
 pub mod cli;
 pub mod error;
 pub mod gpu;
+pub mod io;
 pub mod model;
 pub mod ops;
 pub mod tensor;

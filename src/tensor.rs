@@ -183,7 +183,7 @@ impl Tensor {
     }
     /// The underlying buffer.
     pub fn buffer(&self) -> &wgpu::Buffer {
-        self.storage.buffer.as_ref().expect("tensor storage is only emptied on drop")
+        self.storage.buffer.as_ref().expect("only weight-loading placeholders have no buffer, and they are never used")
     }
     /// Whether two tensors share one buffer.
     pub fn same_storage(&self, other: &Tensor) -> bool {
@@ -200,6 +200,18 @@ impl Tensor {
             ));
         }
         Ok(Tensor { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype })
+    }
+
+    /// A view of this tensor's storage under any shape, for weight-loading placeholders that
+    /// are never computed with (see `WeightLoader`).
+    pub(crate) fn placeholder_view(&self, shape: &[usize]) -> Tensor {
+        Tensor { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype }
+    }
+
+    /// A placeholder with no buffer at all (only when even a tiny allocation failed).
+    pub(crate) fn detached_placeholder(shape: &[usize], dtype: DType) -> Tensor {
+        let storage = Storage { buffer: None, class: 0, pool: Arc::default() };
+        Tensor { storage: Arc::new(storage), shape: shape.to_vec(), dtype }
     }
 
     /// A copy in a new buffer.

@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::gpu::{ContextOptions, GpuContext};
 
 pub mod bench_ops;
+pub mod unet_eval;
 
 /// Adapter selection flags shared by every subcommand that uses the GPU.
 #[derive(Args, Clone, Debug, Default)]
@@ -43,6 +44,8 @@ pub enum Command {
     },
     /// Kernel throughput report (GFLOP/s of matmul, conv and attention) on the current adapter.
     BenchOps(bench_ops::BenchOpsArgs),
+    /// One UNet forward on inputs from a safetensors file (compare with diffusers).
+    UnetEval(unet_eval::UNetEvalArgs),
 }
 
 /// Runs the parsed command line.
@@ -60,5 +63,6 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::BenchOps(args) => bench_ops::run(&cli.gpu.context()?, &args),
+        Command::UnetEval(args) => unet_eval::run(&cli.gpu.context()?, &args),
     }
 }

@@ -4,3 +4,6 @@
 pub mod config;
 pub mod keymap;
 pub mod weights;
+pub mod nn;
+pub mod unet;
+pub mod load;

@@ -204,28 +204,53 @@ fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
+/// A tensor a model asks for: its name and shape.
+pub type ParamSpec = (String, Vec<usize>);
+
 /// Uploads the tensors a model asks for, converting to the compute dtype, and reports all
 /// problems at once in [`WeightLoader::finish`].
+///
+/// [`WeightLoader::get`] always returns a tensor so a model can be built to the end and every
+/// problem listed; after a problem (and in planning mode, without a store) the tensor is a
+/// placeholder that shares one tiny buffer. Such a model must be dropped: [`finish`] fails for a
+/// loading run, and a planning run only yields the list of parameters.
+///
+/// [`finish`]: WeightLoader::finish
 pub struct WeightLoader<'a> {
     ctx: &'a GpuContext,
-    store: &'a WeightStore,
+    store: Option<&'a WeightStore>,
     dtype: DType,
     used: HashSet<String>,
+    requested: Vec<ParamSpec>,
     missing: Vec<String>,
     wrong_shape: Vec<String>,
     failed: Option<Error>,
+    placeholder: Option<Tensor>,
 }
 
 impl<'a> WeightLoader<'a> {
+    /// Loads from `store` in compute dtype `dtype`.
     pub fn new(ctx: &'a GpuContext, store: &'a WeightStore, dtype: DType) -> Self {
+        Self::with_store(ctx, Some(store), dtype)
+    }
+
+    /// Planning mode: records what a model asks for and uploads nothing (parameter counts and
+    /// memory plans of full-size models without their weights).
+    pub fn plan(ctx: &'a GpuContext, dtype: DType) -> Self {
+        Self::with_store(ctx, None, dtype)
+    }
+
+    fn with_store(ctx: &'a GpuContext, store: Option<&'a WeightStore>, dtype: DType) -> Self {
         WeightLoader {
             ctx,
             store,
             dtype,
             used: HashSet::new(),
+            requested: Vec::new(),
             missing: Vec::new(),
             wrong_shape: Vec::new(),
             failed: None,
+            placeholder: None,
         }
     }
 
@@ -234,16 +259,35 @@ impl<'a> WeightLoader<'a> {
         self.dtype
     }
 
-    /// The tensor `name` with shape `shape`, or `None` after recording the problem. Shapes
-    /// that differ only by trailing 1s (conv 1x1 kernels stored as linear weights and back)
-    /// are accepted and viewed as `shape`.
-    pub fn get(&mut self, name: &str, shape: &[usize]) -> Option<Tensor> {
-        if self.failed.is_some() {
-            return None;
+    fn placeholder(&mut self, shape: &[usize]) -> Tensor {
+        if self.placeholder.is_none() {
+            match Tensor::empty(self.ctx, &[1], self.dtype) {
+                Ok(t) => self.placeholder = Some(t),
+                Err(e) => {
+                    self.failed.get_or_insert(e);
+                }
+            }
         }
-        let Some(have) = self.store.shape(name) else {
+        match &self.placeholder {
+            Some(t) => t.placeholder_view(shape),
+            // Only reachable when even a 4-byte allocation failed: `finish` reports it.
+            None => Tensor::detached_placeholder(shape, self.dtype),
+        }
+    }
+
+    /// The tensor `name` with shape `shape`. Shapes that differ only by trailing 1s (1x1 conv
+    /// kernels stored as linear weights and back) are accepted and viewed as `shape`.
+    pub fn get(&mut self, name: &str, shape: &[usize]) -> Tensor {
+        self.requested.push((name.to_string(), shape.to_vec()));
+        let Some(store) = self.store else {
+            return self.placeholder(shape);
+        };
+        if self.failed.is_some() {
+            return self.placeholder(shape);
+        }
+        let Some(have) = store.shape(name) else {
             self.missing.push(format!("{name} {shape:?}"));
-            return None;
+            return self.placeholder(shape);
         };
         self.used.insert(name.to_string());
         let strip = |s: &[usize]| {
@@ -255,25 +299,29 @@ impl<'a> WeightLoader<'a> {
         };
         if strip(&have) != strip(shape) {
             self.wrong_shape.push(format!("{name}: file has {have:?}, model needs {shape:?}"));
-            return None;
+            return self.placeholder(shape);
         }
-        match self.store.upload(self.ctx, name, self.dtype).and_then(|t| t.reshape(shape)) {
-            Ok(t) => Some(t),
+        match store.upload(self.ctx, name, self.dtype).and_then(|t| t.reshape(shape)) {
+            Ok(t) => t,
             Err(e) => {
                 self.failed = Some(e);
-                None
+                self.placeholder(shape)
             }
         }
     }
 
-    /// Ok if every requested tensor was found with the right shape and none was left unused.
-    pub fn finish(self) -> Result<()> {
+    /// The parameters requested. For a loading run: an error unless every requested tensor
+    /// was found with the right shape and no tensor of the store was left unused.
+    pub fn finish(self) -> Result<Vec<ParamSpec>> {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        let unexpected: Vec<&str> = self.store.names().filter(|n| !self.used.contains(*n)).collect();
+        let Some(store) = self.store else {
+            return Ok(self.requested);
+        };
+        let unexpected: Vec<&str> = store.names().filter(|n| !self.used.contains(*n)).collect();
         if self.missing.is_empty() && self.wrong_shape.is_empty() && unexpected.is_empty() {
-            return Ok(());
+            return Ok(self.requested);
         }
         let mut msg = String::from("the weights do not match the model:");
         if !self.missing.is_empty() {

@@ -1,0 +1,64 @@
+//! `atedm unet-eval`: one UNet forward on inputs from a safetensors file.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::io::{safetensors_bytes, write_atomic, HostTensor};
+use crate::model::load::load_unet;
+use crate::model::unet::UNetInputs;
+use crate::model::weights::read_all_f32;
+use crate::tensor::{DType, Tensor};
+
+#[derive(Args, Debug)]
+pub struct UNetEvalArgs {
+    /// A diffusers pipeline folder (its unet/ is used), a unet folder, or a single-file checkpoint.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Diffusers config folder for a single-file checkpoint that is not SD-XL base-sized.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Inputs: sample [B,4,h,w], timestep [B] or [1], encoder_hidden_states [B,L,C],
+    /// text_embeds [B,P], time_ids [B,6].
+    #[arg(long)]
+    pub inputs: PathBuf,
+    /// Output safetensors file; receives `out` [B,4,h,w] (f32).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Compute dtype.
+    #[arg(long, default_value = "f32")]
+    pub dtype: DType,
+}
+
+pub fn run(ctx: &GpuContext, args: &UNetEvalArgs) -> Result<()> {
+    if args.dtype == DType::U32 {
+        return Err(Error::Invalid("--dtype must be f32 or f16".into()));
+    }
+    let unet = load_unet(ctx, &args.model, args.config.as_deref(), args.dtype)?;
+    let mut inputs = read_all_f32(&args.inputs)?;
+    let mut take = |name: &str| {
+        inputs.remove(name).ok_or_else(|| Error::Invalid(format!("{}: missing tensor '{name}'", args.inputs.display())))
+    };
+    let (s_shape, sample) = take("sample")?;
+    let (_, timestep) = take("timestep")?;
+    let (e_shape, enc) = take("encoder_hidden_states")?;
+    let (t_shape, text) = take("text_embeds")?;
+    let (_, time_ids) = take("time_ids")?;
+    let sample = Tensor::from_f32(ctx, &sample, &s_shape, args.dtype)?;
+    let enc = Tensor::from_f32(ctx, &enc, &e_shape, args.dtype)?;
+    let text = Tensor::from_f32(ctx, &text, &t_shape, args.dtype)?;
+    let out = unet.forward(
+        ctx,
+        &UNetInputs { sample: &sample, timesteps: &timestep, encoder_hidden_states: &enc, text_embeds: &text, time_ids: &time_ids },
+    )?;
+    let data = out.to_f32_vec(ctx)?;
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Invalid(format!("the UNet output has a non-finite value at index {i}")));
+    }
+    let bytes = safetensors_bytes(&[HostTensor::F32("out", out.shape().to_vec(), &data)])?;
+    write_atomic(&args.output, &bytes)?;
+    eprintln!("wrote {} (out {:?})", args.output.display(), out.shape());
+    Ok(())
+}

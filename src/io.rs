@@ -1,0 +1,50 @@
+//! File output helpers: atomic writes and safetensors serialization of host tensors.
+
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::error::{Error, Result};
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, then
+/// renamed over the target. A failure leaves no partial file at `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| Error::Io { path: path.display().to_string(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// A host tensor to save: name, shape and f32 data, or i64 data for indices.
+pub enum HostTensor<'a> {
+    F32(&'a str, Vec<usize>, &'a [f32]),
+    I64(&'a str, Vec<usize>, &'a [i64]),
+}
+
+/// Serializes host tensors to safetensors bytes.
+pub fn safetensors_bytes(tensors: &[HostTensor]) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|t| {
+            let (name, dtype, shape, data): (&str, Dtype, &Vec<usize>, &[u8]) = match t {
+                HostTensor::F32(n, s, d) => (n, Dtype::F32, s, bytemuck::cast_slice(d)),
+                HostTensor::I64(n, s, d) => (n, Dtype::I64, s, bytemuck::cast_slice(d)),
+            };
+            TensorView::new(dtype, shape.clone(), data)
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| Error::Invalid(format!("tensor '{name}': {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::tensor::serialize(views, None).map_err(|e| Error::Invalid(format!("serializing safetensors: {e}")))
+}

@@ -1,0 +1,147 @@
+//! The UNet forward against diffusers, on the tiny fixtures (tools/make_unet_fixtures.py), in
+//! every weight layout, f32 and f16.
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use atedm::model::config::UNetConfig;
+use atedm::model::load::load_unet;
+use atedm::model::unet::{UNet2DConditionModel, UNetInputs};
+use atedm::model::weights::read_all_f32;
+use atedm::{DType, Tensor};
+use common::*;
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet").join(p)
+}
+
+/// Runs `model` on the fixture inputs of `name` and returns the output.
+fn run(unet: &UNet2DConditionModel, name: &str, dtype: DType) -> (Vec<usize>, Vec<f32>) {
+    let c = ctx();
+    let inputs = read_all_f32(&fixture(&format!("{name}/inputs.safetensors"))).unwrap();
+    let up = |k: &str| {
+        let (s, v) = &inputs[k];
+        Tensor::from_f32(c, v, s, dtype).unwrap()
+    };
+    let (sample, enc, text) = (up("sample"), up("encoder_hidden_states"), up("text_embeds"));
+    let out = unet
+        .forward(
+            c,
+            &UNetInputs {
+                sample: &sample,
+                timesteps: &inputs["timestep"].1,
+                encoder_hidden_states: &enc,
+                text_embeds: &text,
+                time_ids: &inputs["time_ids"].1,
+            },
+        )
+        .unwrap();
+    (out.shape().to_vec(), out.to_f32_vec(c).unwrap())
+}
+
+fn reference(name: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
+    read_all_f32(&fixture(&format!("{name}/outputs.safetensors"))).unwrap().remove(key).unwrap()
+}
+
+/// f32: the brief's bound, 1e-3 x max|ref| (dozens of chained layers, f32 sums in another order).
+const F32_TOL: f32 = 1e-3;
+
+#[test]
+fn diffusers_folder_matches_diffusers_f32() {
+    for name in ["tiny-a", "tiny-b"] {
+        let unet = load_unet(ctx(), &fixture(&format!("{name}/unet")), None, DType::F32).unwrap();
+        let (shape, got) = run(&unet, name, DType::F32);
+        let (rshape, want) = reference(name, "out");
+        assert_eq!(shape, rshape);
+        assert_close(&got, &want, F32_TOL, &format!("{name} diffusers folder f32"));
+    }
+}
+
+#[test]
+fn single_file_matches_diffusers_f32() {
+    // tiny-a's single file holds f16 weights (like sd_xl_base_1.0.safetensors): its reference
+    // is diffusers run on those f16 weights in f32 math (`out_fp16`).
+    for (name, key) in [("tiny-a", "out_fp16"), ("tiny-b", "out")] {
+        let cfg = fixture(&format!("{name}/unet"));
+        let unet = load_unet(ctx(), &fixture(&format!("{name}/single.safetensors")), Some(&cfg), DType::F32).unwrap();
+        let (_, got) = run(&unet, name, DType::F32);
+        assert_close(&got, &reference(name, key).1, F32_TOL, &format!("{name} single file f32"));
+    }
+}
+
+#[test]
+fn fp16_variant_and_sharded_folders_match() {
+    let dir = fixture("tiny-a");
+    let unet = load_unet(ctx(), &dir.join("unet_sharded"), None, DType::F32).unwrap();
+    assert_close(&run(&unet, "tiny-a", DType::F32).1, &reference("tiny-a", "out").1, F32_TOL, "sharded");
+    let unet = load_unet(ctx(), &dir.join("unet_fp16"), None, DType::F32).unwrap();
+    assert_close(&run(&unet, "tiny-a", DType::F32).1, &reference("tiny-a", "out_fp16").1, F32_TOL, "fp16 variant");
+}
+
+#[test]
+fn f16_compute_matches_diffusers() {
+    // f16 storage of every activation between kernels (f32 inside them): each of the ~100
+    // stored intermediates is rounded to 11 significant bits (4.9e-4 relative); through the
+    // residual stream these errors add up roughly as a random walk, so ~1e-2 x max|ref| is the
+    // expected scale. We bound at 2e-2.
+    for name in ["tiny-a", "tiny-b"] {
+        let unet = load_unet(ctx(), &fixture(&format!("{name}/unet")), None, DType::F16).unwrap();
+        let (_, got) = run(&unet, name, DType::F16);
+        assert_close(&got, &reference(name, "out").1, 2e-2, &format!("{name} f16"));
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let c = ctx();
+    let unet = load_unet(c, &fixture("tiny-b/unet"), None, DType::F32).unwrap();
+    let t = |shape: &[usize]| Tensor::zeros(c, shape, DType::F32).unwrap();
+    let (enc, text) = (t(&[2, 7, 24]), t(&[2, 12]));
+    let ids = [0f32; 12];
+    let sample = t(&[2, 4, 18, 16]);
+    let e = unet
+        .forward(c, &UNetInputs { sample: &sample, timesteps: &[1.0], encoder_hidden_states: &enc, text_embeds: &text, time_ids: &ids })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("18x16") && e.contains("divisible"), "{e}");
+    let sample = t(&[2, 4, 16, 16]);
+    let bad_enc = t(&[2, 7, 25]);
+    let e = unet
+        .forward(c, &UNetInputs { sample: &sample, timesteps: &[1.0], encoder_hidden_states: &bad_enc, text_embeds: &text, time_ids: &ids })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("encoder_hidden_states") && e.contains("25"), "{e}");
+    let e = unet
+        .forward(c, &UNetInputs { sample: &sample, timesteps: &[1.0, 2.0, 3.0], encoder_hidden_states: &enc, text_embeds: &text, time_ids: &ids })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("timesteps"), "{e}");
+}
+
+#[test]
+fn mismatched_weights_list_every_problem() {
+    // tiny-a's weights under tiny-b's config: one error naming missing, unexpected and
+    // wrongly shaped tensors.
+    let e = load_unet(ctx(), &fixture("tiny-a/single.safetensors"), Some(&fixture("tiny-b/unet")), DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("wrong shape") && e.contains("unexpected"), "{e}");
+    // A single file with no UNet inside.
+    let e = load_unet(ctx(), &fixture("tiny-a/inputs.safetensors"), Some(&fixture("tiny-a/unet")), DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not an SD-XL single-file checkpoint"), "{e}");
+}
+
+#[test]
+fn sdxl_base_parameter_count_and_weight_bytes() {
+    // The full-size plan without allocating: 2,567,463,684 parameters (diffusers' count).
+    let params = UNet2DConditionModel::parameters(ctx(), &UNetConfig::sdxl_base()).unwrap();
+    let n: usize = params.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    assert_eq!(n, 2_567_463_684);
+    // diffusers 0.42.1: UNet2DConditionModel.from_config(<SD-XL config>) on the meta device
+    // has 1680 state-dict tensors and 2,567,463,684 parameters.
+    assert_eq!(params.len(), 1680, "tensor count of the diffusers SD-XL UNet");
+}
