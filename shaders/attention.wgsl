@@ -1,4 +1,185 @@
-// Placeholder: the attention kernels are being written.
-@group(0) @binding(1) var<storage, read_write> out: array<ST>;
-@compute @workgroup_size(1)
-fn placeholder() { out[0] = ST(0.0); }
+// Multi-head attention softmax(Q K^T * scale) V, flash style (online softmax over key tiles
+// staged in workgroup memory; no N x N buffer), and the head-mean attention map pass.
+// ST (the storage type) is prepended by the engine: f32, or f16 with `enable f16`.
+//
+// Layout: q [B, Nq, H*D], k and v [B, Nk, H*D], token-major with heads interleaved
+// (channel = head * D + c). Everything accumulates in f32.
+
+const TQ: u32 = 64u;         // queries per flash workgroup (one per invocation)
+const MAX_D: u32 = 128u;     // largest head_dim (private accumulator size)
+const TILE_FLOATS: u32 = 2048u; // each workgroup tile: key_tile * head_dim <= 2048 floats (8 KiB)
+const MT: u32 = 16u;         // map pass tile: MT queries x MT keys, MT*MT invocations
+
+struct AttnParams {
+    batch: u32,
+    nq: u32,
+    nk: u32,
+    heads: u32,
+    head_dim: u32,
+    width: u32,     // heads * head_dim
+    key_tile: u32,  // keys per staged tile in the flash pass (TILE_FLOATS / head_dim, capped)
+    causal: u32,    // 1: key j > query i is masked
+    scale: f32,
+    q_tiles: u32,   // query tiles (TQ for flash, MT for the map pass)
+    k_tiles: u32,   // key tiles of the map pass
+    _pad: u32,
+};
+
+@group(0) @binding(0) var<uniform> ap: AttnParams;
+
+// Both passes share these two 8 KiB tiles (16 KiB of workgroup memory in all).
+var<workgroup> tile_a: array<f32, 2048>;
+var<workgroup> tile_b: array<f32, 2048>;
+
+// ------------------------------------------------------------------ flash pass
+
+@group(0) @binding(1) var<storage, read> q: array<ST>;
+@group(0) @binding(2) var<storage, read> k: array<ST>;
+@group(0) @binding(3) var<storage, read> v: array<ST>;
+@group(0) @binding(4) var<storage, read_write> o: array<ST>;
+@group(0) @binding(5) var<storage, read_write> lse: array<f32>;   // [B, H, Nq]
+
+struct FlashRow {
+    live: bool,
+    row: u32,    // (b * H + h) * Nq + i, the lse index
+    m: f32,      // running max of the scaled scores
+    l: f32,      // sum of exp(s - m)
+};
+
+// One workgroup per (b, h, tile of TQ queries); workgroup id `wg` < B * H * q_tiles (checked
+// by the caller). Writes o for its query and returns its softmax statistics.
+fn flash(wg: u32, lid: u32) -> FlashRow {
+    let qt = wg % ap.q_tiles;
+    let bh = wg / ap.q_tiles;
+    let h = bh % ap.heads;
+    let b = bh / ap.heads;
+    let d = ap.head_dim;
+    let i = qt * TQ + lid;
+    let live = i < ap.nq;
+
+    var qv: array<f32, MAX_D>;
+    var acc: array<f32, MAX_D>;
+    let qbase = (b * ap.nq + min(i, ap.nq - 1u)) * ap.width + h * d;
+    for (var c = 0u; c < d; c++) {
+        qv[c] = f32(q[qbase + c]) * ap.scale;
+        acc[c] = 0.0;
+    }
+    var m = -1e30;
+    var l = 0.0;
+    // Causal: keys past the tile's last query are masked for all of its queries.
+    var kend = ap.nk;
+    if (ap.causal != 0u) {
+        kend = min(ap.nk, (qt + 1u) * TQ);
+    }
+    for (var j0 = 0u; j0 < kend; j0 += ap.key_tile) {
+        let nt = min(ap.key_tile, kend - j0);
+        workgroupBarrier();
+        for (var e = lid; e < nt * d; e += TQ) {
+            let g = (b * ap.nk + j0 + e / d) * ap.width + h * d + e % d;
+            tile_a[e] = f32(k[g]);
+            tile_b[e] = f32(v[g]);
+        }
+        workgroupBarrier();
+        var jn = nt;
+        if (ap.causal != 0u) {
+            jn = select(min(nt, i + 1u - j0), 0u, i < j0);
+        }
+        for (var jj = 0u; jj < jn; jj++) {
+            let kb = jj * d;
+            var s = 0.0;
+            for (var c = 0u; c < d; c++) {
+                s += qv[c] * tile_a[kb + c];
+            }
+            if (s > m) {
+                let corr = exp(m - s);
+                l *= corr;
+                for (var c = 0u; c < d; c++) {
+                    acc[c] *= corr;
+                }
+                m = s;
+            }
+            let p = exp(s - m);
+            l += p;
+            for (var c = 0u; c < d; c++) {
+                acc[c] += p * tile_b[kb + c];
+            }
+        }
+    }
+    if (live) {
+        let inv = 1.0 / l;
+        for (var c = 0u; c < d; c++) {
+            o[qbase + c] = ST(acc[c] * inv);
+        }
+    }
+    return FlashRow(live, bh * ap.nq + i, m, l);
+}
+
+@compute @workgroup_size(64)
+fn flash_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let wg = wid.x + wid.y * nwg.x;
+    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
+    _ = flash(wg, lid);
+}
+
+// Same, and also stores the row log-sum-exp m + ln(l) per (b, h, i) for the map pass.
+@compute @workgroup_size(64)
+fn flash_attention_lse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let wg = wid.x + wid.y * nwg.x;
+    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
+    let r = flash(wg, lid);
+    if (r.live) {
+        lse[r.row] = r.m + log(r.l);
+    }
+}
+
+// ------------------------------------------------------------------ head-mean map pass
+
+@group(0) @binding(1) var<storage, read> mq: array<ST>;
+@group(0) @binding(2) var<storage, read> mk: array<ST>;
+@group(0) @binding(3) var<storage, read> mlse: array<f32>;
+@group(0) @binding(4) var<storage, read_write> amap: array<ST>;  // [B, Nq, Nk]
+
+// One workgroup per (b, tile of MT queries, tile of MT keys), one invocation per (i, j).
+// Loops over heads, staging that head's Q and K rows, and accumulates exp(s - lse) / H:
+// per-head probabilities are never stored.
+@compute @workgroup_size(256)
+fn head_mean_map(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let wg = wid.x + wid.y * nwg.x;
+    if (wg >= ap.batch * ap.q_tiles * ap.k_tiles) { return; }
+    let jt = wg % ap.k_tiles;
+    let t = wg / ap.k_tiles;
+    let it = t % ap.q_tiles;
+    let b = t / ap.q_tiles;
+    let li = lid / MT;
+    let lj = lid % MT;
+    let i = it * MT + li;
+    let j = jt * MT + lj;
+    let d = ap.head_dim;
+    let valid = i < ap.nq && j < ap.nk && !(ap.causal != 0u && j > i);
+    var sum = 0.0;
+    for (var h = 0u; h < ap.heads; h++) {
+        workgroupBarrier();
+        for (var e = lid; e < MT * d; e += MT * MT) {
+            let r = e / d;
+            let c = h * d + e % d;
+            let qi = min(it * MT + r, ap.nq - 1u);
+            let kj = min(jt * MT + r, ap.nk - 1u);
+            tile_a[e] = f32(mq[(b * ap.nq + qi) * ap.width + c]) * ap.scale;
+            tile_b[e] = f32(mk[(b * ap.nk + kj) * ap.width + c]);
+        }
+        workgroupBarrier();
+        if (valid) {
+            var s = 0.0;
+            for (var c = 0u; c < d; c++) {
+                s += tile_a[li * d + c] * tile_b[lj * d + c];
+            }
+            sum += exp(s - mlse[(b * ap.heads + h) * ap.nq + i]);
+        }
+    }
+    if (i < ap.nq && j < ap.nk) {
+        amap[(b * ap.nq + i) * ap.nk + j] = ST(sum / f32(ap.heads));
+    }
+}
