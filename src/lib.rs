@@ -6,7 +6,7 @@
 //! The crate is a library first: [`gpu::GpuContext`] opens an adapter, [`Tensor`] holds data in
 //! GPU buffers, and [`ops`] has one module per WGSL kernel family, each with a CPU reference.
 //!
-//! ```ignore
+//! ```no_run
 //! use atedm::{gpu::GpuContext, ops, DType, Tensor};
 //! let ctx = GpuContext::new(&Default::default())?;
 //! let a = Tensor::from_f32(&ctx, &[1.0, 2.0, 3.0, 4.0], &[2, 2], DType::F32)?;

@@ -53,7 +53,8 @@ fn diffusers_folder_matches_diffusers_f32() {
         let (shape, got) = run(&unet, name, DType::F32);
         let (rshape, want) = reference(name, "out");
         assert_eq!(shape, rshape);
-        assert_close(&got, &want, F32_TOL, &format!("{name} diffusers folder f32"));
+        let r = assert_close(&got, &want, F32_TOL, &format!("{name} diffusers folder f32"));
+        eprintln!("{name} diffusers folder f32: max err / max|ref| = {r:.2e}");
     }
 }
 
@@ -65,7 +66,8 @@ fn single_file_matches_diffusers_f32() {
         let cfg = fixture(&format!("{name}/unet"));
         let unet = load_unet(ctx(), &fixture(&format!("{name}/single.safetensors")), Some(&cfg), DType::F32).unwrap();
         let (_, got) = run(&unet, name, DType::F32);
-        assert_close(&got, &reference(name, key).1, F32_TOL, &format!("{name} single file f32"));
+        let r = assert_close(&got, &reference(name, key).1, F32_TOL, &format!("{name} single file f32"));
+        eprintln!("{name} single file f32: {r:.2e}");
     }
 }
 
@@ -83,11 +85,12 @@ fn f16_compute_matches_diffusers() {
     // f16 storage of every activation between kernels (f32 inside them): each of the ~100
     // stored intermediates is rounded to 11 significant bits (4.9e-4 relative); through the
     // residual stream these errors add up roughly as a random walk, so ~1e-2 x max|ref| is the
-    // expected scale. We bound at 2e-2.
+    // expected scale (measured: 3.0e-3 tiny-a, 2.7e-3 tiny-b). We bound at 1e-2.
     for name in ["tiny-a", "tiny-b"] {
         let unet = load_unet(ctx(), &fixture(&format!("{name}/unet")), None, DType::F16).unwrap();
         let (_, got) = run(&unet, name, DType::F16);
-        assert_close(&got, &reference(name, "out").1, 2e-2, &format!("{name} f16"));
+        let r = assert_close(&got, &reference(name, "out").1, 1e-2, &format!("{name} f16"));
+        eprintln!("{name} f16 compute: {r:.2e}");
     }
 }
 

@@ -60,8 +60,9 @@ pub fn tol(dtype: DType) -> f32 {
     }
 }
 
-/// Asserts max|got - want| <= rel * max|want| (with a floor of 1e-6 on max|want|).
-pub fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
+/// Asserts max|got - want| <= rel * max|want| (with a floor of 1e-6 on max|want|); returns the
+/// measured max|got - want| / max|want|.
+pub fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) -> f32 {
     assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
     let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     let mut worst = (0usize, 0f32);
@@ -80,4 +81,5 @@ pub fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
         got[worst.0],
         want[worst.0]
     );
+    worst.1 / max_ref
 }
