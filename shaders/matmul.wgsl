@@ -112,3 +112,42 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     store_row(bi, om + 2u, on, acc2);
     store_row(bi, om + 3u, on, acc3);
 }
+
+// Register-blocked variant without workgroup memory: 8x8 invocations, each a 4x4 block of a
+// 32x32 output tile, operands read straight from storage (rows/columns clamped for the loads,
+// the stores bounds-checked). On CPU adapters (lavapipe) workgroup barriers are expensive and
+// caches do the tiling's job, so this is the faster form there.
+@compute @workgroup_size(8, 8)
+fn matmul_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tiles_m = (p.m + 31u) / 32u;
+    let per_batch = tiles_m * p.tiles_n;
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= per_batch * p.batch) { return; }
+    let bi = t / per_batch;
+    let r = t % per_batch;
+    let om = (r / p.tiles_n) * 32u + lid.y * 4u;
+    let on = (r % p.tiles_n) * 32u + lid.x * 4u;
+    let a_base = bi * p.a_sb;
+    let b_base = bi * p.b_sb;
+    let ra = vec4<u32>(min(om, p.m - 1u), min(om + 1u, p.m - 1u), min(om + 2u, p.m - 1u), min(om + 3u, p.m - 1u)) * p.a_sm + vec4<u32>(a_base);
+    let cb = vec4<u32>(min(on, p.n - 1u), min(on + 1u, p.n - 1u), min(on + 2u, p.n - 1u), min(on + 3u, p.n - 1u)) * p.b_sn + vec4<u32>(b_base);
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
+    for (var k = 0u; k < p.k; k = k + 1u) {
+        let ka = k * p.a_sk;
+        let kb = k * p.b_sk;
+        let av = vec4<f32>(f32(a[ra.x + ka]), f32(a[ra.y + ka]), f32(a[ra.z + ka]), f32(a[ra.w + ka]));
+        let bv = vec4<f32>(f32(b[cb.x + kb]), f32(b[cb.y + kb]), f32(b[cb.z + kb]), f32(b[cb.w + kb]));
+        acc0 = acc0 + av.x * bv;
+        acc1 = acc1 + av.y * bv;
+        acc2 = acc2 + av.z * bv;
+        acc3 = acc3 + av.w * bv;
+    }
+    store_row(bi, om, on, acc0);
+    store_row(bi, om + 1u, on, acc1);
+    store_row(bi, om + 2u, on, acc2);
+    store_row(bi, om + 3u, on, acc3);
+}

@@ -148,3 +148,32 @@ fn sdxl_base_parameter_count_and_weight_bytes() {
     // has 1680 state-dict tensors and 2,567,463,684 parameters.
     assert_eq!(params.len(), 1680, "tensor count of the diffusers SD-XL UNet");
 }
+
+#[test]
+fn unet_eval_cli_writes_the_output_atomically() {
+    use atedm::cli::unet_eval::{run, UNetEvalArgs};
+    let dir = std::env::temp_dir().join(format!("atedm-unet-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("out.safetensors");
+    let args = UNetEvalArgs {
+        model: fixture("tiny-b/single.safetensors"),
+        config: Some(fixture("tiny-b/unet")),
+        inputs: fixture("tiny-b/inputs.safetensors"),
+        output: output.clone(),
+        dtype: DType::F32,
+    };
+    run(ctx(), &args).unwrap();
+    let got = read_all_f32(&output).unwrap().remove("out").unwrap();
+    let want = reference("tiny-b", "out");
+    assert_eq!(got.0, want.0);
+    assert_close(&got.1, &want.1, F32_TOL, "unet-eval output file");
+    // Missing inputs: an error naming the tensor, and no output file.
+    let bad_out = dir.join("bad.safetensors");
+    let args = UNetEvalArgs { inputs: fixture("tiny-b/outputs.safetensors"), output: bad_out.clone(), ..args };
+    let e = run(ctx(), &args).unwrap_err().to_string();
+    assert!(e.contains("missing tensor 'sample'"), "{e}");
+    assert!(!bad_out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "only out.safetensors, no temporary files: {leftovers:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

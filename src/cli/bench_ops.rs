@@ -94,8 +94,12 @@ pub fn measure(ctx: &GpuContext, args: &BenchOpsArgs, mut report: impl FnMut(&Be
         if wanted("matmul") {
             let a = random(ctx, &[n, n], dtype, 1, 1.0)?;
             let b = random(ctx, &[n, n], dtype, 2, 1.0)?;
-            let t = time_case(ctx, args.reps, || matmul::matmul(ctx, &a, &b, &Default::default()))?;
-            push(format!("matmul {n}x{n}x{n}"), 2.0 * (n * n * n) as f64, t);
+            for kernel in [matmul::MatmulKernel::Tiled, matmul::MatmulKernel::Registers] {
+                let opts = matmul::MatmulOptions { kernel, ..Default::default() };
+                let t = time_case(ctx, args.reps, || matmul::matmul(ctx, &a, &b, &opts))?;
+                let tag = if kernel == matmul::MatmulKernel::Tiled { "tiled" } else { "regs" };
+                push(format!("matmul {n}x{n}x{n} ({tag})"), 2.0 * (n * n * n) as f64, t);
+            }
         }
         let (hw, c) = (64 / s, 640 / s);
         if wanted("conv") {

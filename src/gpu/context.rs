@@ -223,6 +223,12 @@ impl GpuContext {
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }
+    /// Whether the adapter is a CPU implementation (lavapipe, WARP): kernels without workgroup
+    /// barriers are chosen there.
+    pub fn is_cpu_adapter(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// Whether f16 storage (`SHADER_F16`) is available.
     pub fn supports_f16(&self) -> bool {
         self.features.contains(wgpu::Features::SHADER_F16)
@@ -509,10 +515,11 @@ impl GpuContext {
         }
         let src = kernel.family.source_for(dtype);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(kernel.family.name),
             source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
+        };
+        let module = self.device.create_shader_module(desc);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!(
                 "shader '{}' ({dtype:?}) failed to compile: {e}",

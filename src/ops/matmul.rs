@@ -13,9 +13,12 @@ use crate::tensor::Tensor;
 
 crate::shader_family!(pub SHADER, "matmul");
 const MATMUL: Kernel = SHADER.kernel("matmul");
+const MATMUL_REG: Kernel = SHADER.kernel("matmul_reg");
 
 /// Output tile edge of the kernel (rows and columns).
 const TILE: usize = 64;
+/// Output tile edge of the register-blocked kernel (8x8 invocations x 4x4 blocks).
+const REG_TILE: usize = 32;
 
 /// Epilogue flag bits shared by the matmul and conv2d kernels' params.
 pub(crate) const FLAG_BIAS: u32 = 1;
@@ -32,6 +35,31 @@ pub struct MatmulOptions<'a> {
     pub bias: Option<&'a Tensor>,
     /// Same shape as the output, added to it.
     pub residual: Option<&'a Tensor>,
+    /// Which kernel runs (default: chosen by adapter type).
+    pub kernel: MatmulKernel,
+}
+
+/// The matmul kernels. Both compute the same thing; the choice is about speed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// [`MatmulKernel::Registers`] on CPU adapters (lavapipe), [`MatmulKernel::Tiled`] on GPUs.
+    #[default]
+    Auto,
+    /// 64x64 output tiles, K slabs staged in workgroup memory, 4x4 register blocks.
+    Tiled,
+    /// 32x32 output tiles of 4x4 register blocks read straight from storage (no barriers):
+    /// 1.55x faster than `Tiled` on lavapipe (512^3 f32: 0.91 vs 0.58 GFLOP/s, one run).
+    Registers,
+}
+
+impl MatmulKernel {
+    pub(crate) fn resolve(self, ctx: &GpuContext) -> MatmulKernel {
+        match self {
+            MatmulKernel::Auto if ctx.is_cpu_adapter() => MatmulKernel::Registers,
+            MatmulKernel::Auto => MatmulKernel::Tiled,
+            k => k,
+        }
+    }
 }
 
 #[repr(C)]
@@ -192,7 +220,11 @@ pub fn matmul(ctx: &GpuContext, a: &Tensor, b: &Tensor, opts: &MatmulOptions) ->
     let out = Tensor::empty(ctx, &pl.out_shape, dtype)?;
     dim32(OP, out.numel())?;
     let (m, n) = (pl.a.rows, pl.b.cols);
-    let tiles_n = n.div_ceil(TILE);
+    let (kernel, tile) = match opts.kernel.resolve(ctx) {
+        MatmulKernel::Registers => (&MATMUL_REG, REG_TILE),
+        _ => (&MATMUL, TILE),
+    };
+    let tiles_n = n.div_ceil(tile);
     let params = MatmulParams {
         m: dim32(OP, m)?,
         n: dim32(OP, n)?,
@@ -208,10 +240,10 @@ pub fn matmul(ctx: &GpuContext, a: &Tensor, b: &Tensor, opts: &MatmulOptions) ->
         tiles_n: dim32(OP, tiles_n)?,
     };
     // Unused epilogue bindings get `a` as a placeholder (never read: the flags are off).
-    let workgroups = (pl.batch * m.div_ceil(TILE) * tiles_n) as u64;
+    let workgroups = (pl.batch * m.div_ceil(tile) * tiles_n) as u64;
     ctx.dispatch(
         OP,
-        &MATMUL,
+        kernel,
         dtype,
         bytemuck::bytes_of(&params),
         &[
@@ -270,6 +302,7 @@ pub fn linear(
         trans_b: true,
         bias,
         residual: r2.as_ref(),
+        kernel: MatmulKernel::Auto,
     };
     let out = matmul(ctx, &x2, weight, &opts).map_err(|e| match e {
         Error::Shape { message, .. } => Error::shape(OP, message),
