@@ -19,10 +19,10 @@ fn describe_names_adapter_features_and_limits() {
 
 #[test]
 fn unknown_adapter_and_backend_are_clear_errors() {
-    let e = GpuContext::new(&ContextOptions { backend: None, adapter: Some("no-such-gpu-xyz".into()) });
+    let e = GpuContext::new(&ContextOptions { backend: None, adapter: Some("no-such-gpu-xyz".into()), plan_only: false });
     let msg = e.err().expect("no adapter matches").to_string();
     assert!(msg.contains("no-such-gpu-xyz") && msg.contains("available"), "{msg}");
-    let e = GpuContext::new(&ContextOptions { backend: Some("opengl-1.0".into()), adapter: None });
+    let e = GpuContext::new(&ContextOptions { backend: Some("opengl-1.0".into()), adapter: None, plan_only: false });
     let msg = e.err().expect("bad backend").to_string();
     assert!(msg.contains("unknown backend") && msg.contains("vulkan"), "{msg}");
 }
@@ -31,7 +31,7 @@ fn unknown_adapter_and_backend_are_clear_errors() {
 fn adapter_is_chosen_by_name() {
     let name = ctx().adapter().name;
     let word = name.split_whitespace().next().unwrap().to_string();
-    let c = GpuContext::new(&ContextOptions { backend: None, adapter: Some(word.to_uppercase()) }).unwrap();
+    let c = GpuContext::new(&ContextOptions { backend: None, adapter: Some(word.to_uppercase()), plan_only: false }).unwrap();
     assert_eq!(c.adapter().name, name);
 }
 

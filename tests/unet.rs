@@ -177,3 +177,33 @@ fn unet_eval_cli_writes_the_output_atomically() {
     assert_eq!(leftovers.len(), 1, "only out.safetensors, no temporary files: {leftovers:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Peak pool bytes of one SD-XL base UNet forward at `px` x `px`, batch 2, from the allocation
+/// plan (nothing is allocated or run). Returns (weight bytes, peak bytes).
+fn sdxl_plan(px: usize, dtype: DType) -> (u64, u64) {
+    use atedm::gpu::{ContextOptions, GpuContext};
+    let c = GpuContext::new(&ContextOptions { plan_only: true, ..ContextOptions::from_env() }).unwrap();
+    let unet = UNet2DConditionModel::planned(&c, &UNetConfig::sdxl_base(), dtype).unwrap();
+    let weights = c.pool_stats().live_bytes;
+    let l = px / 8;
+    let z = |s: &[usize]| Tensor::zeros(&c, s, dtype).unwrap();
+    let (sample, enc, text) = (z(&[2, 4, l, l]), z(&[2, 77, 2048]), z(&[2, 1280]));
+    let ids: Vec<f32> = [px, px, 0, 0, px, px].iter().cycle().take(12).map(|&v| v as f32).collect();
+    let out = unet
+        .forward(&c, &UNetInputs { sample: &sample, timesteps: &[981.0], encoder_hidden_states: &enc, text_embeds: &text, time_ids: &ids })
+        .unwrap();
+    assert_eq!(out.shape(), &[2, 4, l, l]);
+    (weights, c.pool_stats().peak_bytes)
+}
+
+#[test]
+fn sdxl_1024_batch2_f16_memory_plan() {
+    let (weights, peak) = sdxl_plan(1024, DType::F16);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    eprintln!("SD-XL UNet 1024x1024 batch 2 f16: weights {:.2} GiB, peak {:.2} GiB", gib(weights), gib(peak));
+    // Weights: 2 bytes per parameter plus at most 12.5% size-class padding per tensor.
+    let exact = 2 * 2_567_463_684u64;
+    assert!(weights >= exact && weights <= exact + exact / 8, "weights {weights}");
+    // The engine's memory target (issue 7): <= 8 GB including weights.
+    assert!(peak <= 8_000_000_000, "peak {peak}");
+}

@@ -21,7 +21,7 @@ pub struct GpuArgs {
 
 impl GpuArgs {
     pub fn context(&self) -> Result<GpuContext> {
-        GpuContext::new(&ContextOptions { backend: self.backend.clone(), adapter: self.adapter.clone() })
+        GpuContext::new(&ContextOptions { backend: self.backend.clone(), adapter: self.adapter.clone(), plan_only: false })
     }
 }
 

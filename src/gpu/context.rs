@@ -18,13 +18,17 @@ pub struct ContextOptions {
     pub backend: Option<String>,
     /// Case-insensitive substring of the adapter name, e.g. `llvmpipe` or `nvidia`.
     pub adapter: Option<String>,
+    /// Planning mode: ops validate their inputs and allocate through the pool, which counts
+    /// the bytes, but no GPU memory is taken and nothing runs. Gives the peak memory of a
+    /// workload (a full-size SD-XL step, say) from its allocation plan. Reads return zeros.
+    pub plan_only: bool,
 }
 
 impl ContextOptions {
     /// Options from the environment variables `ATEDM_BACKEND` and `ATEDM_ADAPTER`.
     pub fn from_env() -> Self {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        ContextOptions { backend: get("ATEDM_BACKEND"), adapter: get("ATEDM_ADAPTER") }
+        ContextOptions { backend: get("ATEDM_BACKEND"), adapter: get("ATEDM_ADAPTER"), plan_only: false }
     }
 
     /// `self` with empty fields filled from the environment.
@@ -90,6 +94,8 @@ pub struct GpuContext {
     pending: Mutex<Pending>,
     errors: Arc<Mutex<Vec<wgpu::Error>>>,
     lost: Arc<Mutex<Option<String>>>,
+    /// In planning mode, the one small buffer every "allocation" shares.
+    plan_buffer: Option<wgpu::Buffer>,
 }
 
 fn parse_backend(name: &str) -> Result<wgpu::Backends> {
@@ -196,7 +202,16 @@ impl GpuContext {
                 *lost.lock().unwrap() = Some(format!("{reason:?}: {msg}"));
             });
         }
+        let plan_buffer = opts.plan_only.then(|| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("plan placeholder"),
+                size: 256,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
         Ok(GpuContext {
+            plan_buffer,
             device,
             queue,
             info,
@@ -223,6 +238,11 @@ impl GpuContext {
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }
+    /// Whether this context only plans (see [`ContextOptions::plan_only`]).
+    pub fn is_plan_only(&self) -> bool {
+        self.plan_buffer.is_some()
+    }
+
     /// Whether the adapter is a CPU implementation (lavapipe, WARP): kernels without workgroup
     /// barriers are chosen there.
     pub fn is_cpu_adapter(&self) -> bool {
@@ -357,6 +377,9 @@ impl GpuContext {
     }
 
     fn create_storage(&self, class: u64, what: &str) -> Result<wgpu::Buffer> {
+        if let Some(b) = &self.plan_buffer {
+            return Ok(b.clone());
+        }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let vscope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -381,6 +404,9 @@ impl GpuContext {
     /// Writes `data` at the start of `buffer`, in stream order with recorded ops.
     pub(crate) fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) -> Result<()> {
         self.check_lost()?;
+        if self.is_plan_only() {
+            return Ok(());
+        }
         let padded;
         let bytes = if data.len() % 4 != 0 {
             let mut v = data.to_vec();
@@ -402,6 +428,9 @@ impl GpuContext {
     /// Reads `bytes` bytes from the start of `buffer` (submits pending work and waits).
     pub(crate) fn read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         self.check_lost()?;
+        if self.is_plan_only() {
+            return Ok(vec![0; bytes as usize]);
+        }
         let padded = bytes.div_ceil(4) * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -443,12 +472,18 @@ impl GpuContext {
 
     /// Zero-fills the first `bytes` bytes of `buffer` in stream order.
     pub(crate) fn clear(&self, buffer: &wgpu::Buffer, bytes: u64) {
+        if self.is_plan_only() {
+            return;
+        }
         let padded = bytes.div_ceil(4) * 4;
         self.with_encoder(|enc| enc.clear_buffer(buffer, 0, Some(padded)));
     }
 
     /// Copies `bytes` bytes between buffers in stream order.
     pub(crate) fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
+        if self.is_plan_only() {
+            return;
+        }
         let padded = bytes.div_ceil(4) * 4;
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(src, 0, dst, 0, padded));
     }
@@ -597,6 +632,9 @@ impl GpuContext {
             });
         }
         if workgroups.contains(&0) {
+            return Ok(());
+        }
+        if self.is_plan_only() {
             return Ok(());
         }
         let pipeline = self.pipeline(kernel, dtype)?;

@@ -331,6 +331,19 @@ impl UNet2DConditionModel {
         Ok(model)
     }
 
+    /// A model with unloaded weights in a planning context
+    /// ([`ContextOptions::plan_only`](crate::gpu::ContextOptions::plan_only)): its forward
+    /// validates every op and counts every allocation, weights included, without running.
+    pub fn planned(ctx: &GpuContext, cfg: &UNetConfig, dtype: DType) -> Result<Self> {
+        if !ctx.is_plan_only() {
+            return Err(Error::Invalid("UNet2DConditionModel::planned needs a planning context (plan_only)".into()));
+        }
+        let mut l = WeightLoader::plan(ctx, dtype);
+        let model = Self::build(cfg, &mut l);
+        l.finish()?;
+        Ok(model)
+    }
+
     /// The parameters of a config (names and shapes) without loading or allocating weights.
     pub fn parameters(ctx: &GpuContext, cfg: &UNetConfig) -> Result<Vec<ParamSpec>> {
         let mut l = WeightLoader::plan(ctx, DType::F32);

@@ -234,8 +234,10 @@ impl<'a> WeightLoader<'a> {
         Self::with_store(ctx, Some(store), dtype)
     }
 
-    /// Planning mode: records what a model asks for and uploads nothing (parameter counts and
-    /// memory plans of full-size models without their weights).
+    /// Planning mode: records what a model asks for and uploads nothing (parameter counts of
+    /// full-size models without their weights). In a planning context
+    /// ([`ContextOptions::plan_only`](crate::gpu::ContextOptions::plan_only)) each weight is
+    /// "allocated" so the pool counts its bytes.
     pub fn plan(ctx: &'a GpuContext, dtype: DType) -> Self {
         Self::with_store(ctx, None, dtype)
     }
@@ -280,6 +282,16 @@ impl<'a> WeightLoader<'a> {
     pub fn get(&mut self, name: &str, shape: &[usize]) -> Tensor {
         self.requested.push((name.to_string(), shape.to_vec()));
         let Some(store) = self.store else {
+            if self.ctx.is_plan_only() {
+                // A planning context counts the weights' bytes without allocating them.
+                return match Tensor::empty(self.ctx, shape, self.dtype) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.failed.get_or_insert(e);
+                        self.placeholder(shape)
+                    }
+                };
+            }
             return self.placeholder(shape);
         };
         if self.failed.is_some() {
