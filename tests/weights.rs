@@ -1,6 +1,8 @@
 //! Weight files: the diffusers layouts (single, fp16 variant, sharded) and the single-file
 //! layout of the fixtures name the same tensors; corrupt files and mismatches are clear errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use atedm::model::config::UNetConfig;
@@ -71,4 +73,48 @@ fn corrupt_and_missing_files_are_clear_errors() {
     let msg = WeightStore::open_diffusers(&dir, "diffusion_pytorch_model", false).err().unwrap().to_string();
     assert!(msg.contains("no weights found"), "{msg}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bf16_f16_f32_sources_convert_to_the_compute_dtype() {
+    let c = common::ctx();
+    use atedm::model::weights::WeightLoader;
+    use atedm::DType;
+    use half::{bf16, f16};
+    use safetensors::tensor::{Dtype, TensorView};
+    let vals: Vec<f32> = (0..10).map(|i| i as f32 * 0.37 - 1.5).collect();
+    let b: Vec<bf16> = vals.iter().map(|&v| bf16::from_f32(v)).collect();
+    let h: Vec<f16> = vals.iter().map(|&v| f16::from_f32(v)).collect();
+    let (bb, hb, fb): (&[u8], &[u8], &[u8]) =
+        (bytemuck::cast_slice(&b), bytemuck::cast_slice(&h), bytemuck::cast_slice(&vals));
+    let views = vec![
+        ("w_bf16".to_string(), TensorView::new(Dtype::BF16, vec![2, 5], bb).unwrap()),
+        ("w_f16".to_string(), TensorView::new(Dtype::F16, vec![2, 5], hb).unwrap()),
+        ("w_f32".to_string(), TensorView::new(Dtype::F32, vec![2, 5], fb).unwrap()),
+    ];
+    let bytes = safetensors::tensor::serialize(views, None).unwrap();
+    let path = std::env::temp_dir().join(format!("atedm-dtypes-{}.safetensors", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    let store = WeightStore::from_files(vec![SafetensorsFile::open(&path).unwrap()]).unwrap();
+    for dtype in [DType::F32, DType::F16] {
+        let mut l = WeightLoader::new(c, &store, dtype);
+        let got: Vec<Vec<f32>> =
+            ["w_bf16", "w_f16", "w_f32"].iter().map(|n| l.get(n, &[2, 5]).to_f32_vec(c).unwrap()).collect();
+        l.finish().unwrap();
+        let round = |v: f32| if dtype == DType::F16 { f16::from_f32(v).to_f32() } else { v };
+        let want_b: Vec<f32> = b.iter().map(|x| round(x.to_f32())).collect();
+        let want_h: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
+        let want_f: Vec<f32> = vals.iter().map(|&x| round(x)).collect();
+        assert_eq!(got[0], want_b, "bf16 -> {dtype}");
+        assert_eq!(got[1], want_h, "f16 -> {dtype}");
+        assert_eq!(got[2], want_f, "f32 -> {dtype}");
+    }
+    // A wrong shape and a missing name are reported together.
+    let mut l = WeightLoader::new(c, &store, DType::F32);
+    let _ = l.get("w_f32", &[5, 2]);
+    let _ = l.get("nope", &[3]);
+    let msg = l.finish().unwrap_err().to_string();
+    assert!(msg.contains("missing (1): nope [3]") && msg.contains("w_f32: file has [2, 5]")
+        && msg.contains("unexpected (2)"), "{msg}");
+    std::fs::remove_file(&path).unwrap();
 }
