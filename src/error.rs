@@ -32,7 +32,13 @@ pub enum Error {
     DType { op: &'static str, message: String },
     /// A tensor is larger than the adapter lets one binding (or one buffer) be.
     #[error("{op}: tensor '{tensor}' needs {bytes} bytes, above the adapter's {limit_name} of {limit} bytes")]
-    TooLarge { op: &'static str, tensor: String, bytes: u64, limit_name: &'static str, limit: u64 },
+    TooLarge {
+        op: &'static str,
+        tensor: String,
+        bytes: u64,
+        limit_name: &'static str,
+        limit: u64,
+    },
     /// The adapter lacks a feature the request needs.
     #[error("unsupported on this adapter: {0}")]
     Unsupported(String),
@@ -41,14 +47,23 @@ pub enum Error {
     Invalid(String),
     /// I/O error with the path it concerns.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
     pub(crate) fn shape(op: &'static str, message: impl Into<String>) -> Self {
-        Error::Shape { op, message: message.into() }
+        Error::Shape {
+            op,
+            message: message.into(),
+        }
     }
     pub(crate) fn dtype(op: &'static str, message: impl Into<String>) -> Self {
-        Error::DType { op, message: message.into() }
+        Error::DType {
+            op,
+            message: message.into(),
+        }
     }
 }

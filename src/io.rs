@@ -10,10 +10,22 @@ use crate::error::{Error, Result};
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, then
 /// renamed over the target. A failure leaves no partial file at `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| Error::Io { path: path.display().to_string(), source };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -46,5 +58,6 @@ pub fn safetensors_bytes(tensors: &[HostTensor]) -> Result<Vec<u8>> {
                 .map_err(|e| Error::Invalid(format!("tensor '{name}': {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::tensor::serialize(views, None).map_err(|e| Error::Invalid(format!("serializing safetensors: {e}")))
+    safetensors::tensor::serialize(views, None)
+        .map_err(|e| Error::Invalid(format!("serializing safetensors: {e}")))
 }

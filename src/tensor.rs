@@ -47,7 +47,9 @@ impl std::str::FromStr for DType {
             "f32" | "float32" => Ok(DType::F32),
             "f16" | "float16" | "half" => Ok(DType::F16),
             "u32" => Ok(DType::U32),
-            other => Err(Error::Invalid(format!("unknown dtype '{other}': expected f32 or f16"))),
+            other => Err(Error::Invalid(format!(
+                "unknown dtype '{other}': expected f32 or f16"
+            ))),
         }
     }
 }
@@ -91,7 +93,9 @@ fn checked_numel(shape: &[usize]) -> Result<usize> {
             .ok_or_else(|| Error::Invalid(format!("tensor shape {shape:?} overflows")))?;
     }
     if n == 0 {
-        return Err(Error::Invalid(format!("tensor shape {shape:?} has no elements")));
+        return Err(Error::Invalid(format!(
+            "tensor shape {shape:?} has no elements"
+        )));
     }
     Ok(n)
 }
@@ -103,7 +107,11 @@ impl Tensor {
         let bytes = (n * dtype.size()) as u64;
         let (buffer, class) = ctx.alloc(bytes, &format!("tensor {shape:?} {dtype}"))?;
         Ok(Tensor {
-            storage: Arc::new(Storage { buffer: Some(buffer), class, pool: ctx.pool.clone() }),
+            storage: Arc::new(Storage {
+                buffer: Some(buffer),
+                class,
+                pool: ctx.pool.clone(),
+            }),
             shape: shape.to_vec(),
             dtype,
         })
@@ -133,7 +141,12 @@ impl Tensor {
     }
 
     /// Uploads f32 data, converting to `dtype` (F32 or F16).
-    pub fn from_f32(ctx: &GpuContext, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+    pub fn from_f32(
+        ctx: &GpuContext,
+        data: &[f32],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
         Self::check_len(data.len(), shape)?;
         match dtype {
             DType::F32 => Self::upload(ctx, bytemuck::cast_slice(data), shape, dtype),
@@ -141,7 +154,9 @@ impl Tensor {
                 let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
                 Self::upload(ctx, bytemuck::cast_slice(&h), shape, dtype)
             }
-            DType::U32 => Err(Error::Invalid("from_f32: target dtype must be f32 or f16".into())),
+            DType::U32 => Err(Error::Invalid(
+                "from_f32: target dtype must be f32 or f16".into(),
+            )),
         }
     }
 
@@ -183,7 +198,10 @@ impl Tensor {
     }
     /// The underlying buffer.
     pub fn buffer(&self) -> &wgpu::Buffer {
-        self.storage.buffer.as_ref().expect("only weight-loading placeholders have no buffer, and they are never used")
+        self.storage
+            .buffer
+            .as_ref()
+            .expect("only weight-loading placeholders have no buffer, and they are never used")
     }
     /// Whether two tensors share one buffer.
     pub fn same_storage(&self, other: &Tensor) -> bool {
@@ -196,22 +214,42 @@ impl Tensor {
         if n != self.numel() {
             return Err(Error::shape(
                 "reshape",
-                format!("cannot view {:?} ({} elements) as {shape:?} ({n})", self.shape, self.numel()),
+                format!(
+                    "cannot view {:?} ({} elements) as {shape:?} ({n})",
+                    self.shape,
+                    self.numel()
+                ),
             ));
         }
-        Ok(Tensor { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype })
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        })
     }
 
     /// A view of this tensor's storage under any shape, for weight-loading placeholders that
     /// are never computed with (see `WeightLoader`).
     pub(crate) fn placeholder_view(&self, shape: &[usize]) -> Tensor {
-        Tensor { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype }
+        Tensor {
+            storage: self.storage.clone(),
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        }
     }
 
     /// A placeholder with no buffer at all (only when even a tiny allocation failed).
     pub(crate) fn detached_placeholder(shape: &[usize], dtype: DType) -> Tensor {
-        let storage = Storage { buffer: None, class: 0, pool: Arc::default() };
-        Tensor { storage: Arc::new(storage), shape: shape.to_vec(), dtype }
+        let storage = Storage {
+            buffer: None,
+            class: 0,
+            pool: Arc::default(),
+        };
+        Tensor {
+            storage: Arc::new(storage),
+            shape: shape.to_vec(),
+            dtype,
+        }
     }
 
     /// A copy in a new buffer.
@@ -235,14 +273,20 @@ impl Tensor {
                 let h: Vec<f16> = bytemuck::pod_collect_to_vec(&bytes);
                 Ok(h.iter().map(|x| x.to_f32()).collect())
             }
-            DType::U32 => Err(Error::dtype("to_f32_vec", "tensor holds u32 indices; use to_u32_vec")),
+            DType::U32 => Err(Error::dtype(
+                "to_f32_vec",
+                "tensor holds u32 indices; use to_u32_vec",
+            )),
         }
     }
 
     /// Downloads a U32 tensor.
     pub fn to_u32_vec(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
         if self.dtype != DType::U32 {
-            return Err(Error::dtype("to_u32_vec", format!("tensor is {}, not u32", self.dtype)));
+            return Err(Error::dtype(
+                "to_u32_vec",
+                format!("tensor is {}, not u32", self.dtype),
+            ));
         }
         Ok(bytemuck::pod_collect_to_vec(&self.to_bytes(ctx)?))
     }

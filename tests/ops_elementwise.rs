@@ -13,7 +13,11 @@ fn shape_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
             .enumerate()
             .map(|(i, &d)| if bits >> (8 + i) & 1 == 1 { 1 } else { d })
             .collect();
-        if bits >> 20 & 1 == 1 { (b, shape) } else { (shape, b) }
+        if bits >> 20 & 1 == 1 {
+            (b, shape)
+        } else {
+            (shape, b)
+        }
     })
 }
 
@@ -63,11 +67,16 @@ fn bad_shapes_and_dtypes_are_errors() {
     let a = upload(&[1.0; 6], &[2, 3], atedm::DType::F32);
     let b = upload(&[1.0; 4], &[4], atedm::DType::F32);
     let e = elementwise::add(c, &a, &b).unwrap_err().to_string();
-    assert!(e.contains("elementwise") && e.contains("[2, 3]") && e.contains("[4]"), "{e}");
+    assert!(
+        e.contains("elementwise") && e.contains("[2, 3]") && e.contains("[4]"),
+        "{e}"
+    );
     let h = upload(&[1.0; 3], &[3], atedm::DType::F16);
     let e = elementwise::add(c, &a, &h).unwrap_err().to_string();
     assert!(e.contains("mixed dtypes"), "{e}");
     let idx = atedm::Tensor::from_u32(c, &[1, 2, 3], &[3]).unwrap();
-    let e = elementwise::scale(c, &idx, 1.0, 0.0).unwrap_err().to_string();
+    let e = elementwise::scale(c, &idx, 1.0, 0.0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("u32"), "{e}");
 }

@@ -34,7 +34,10 @@ fn shader_families_have_unique_names_and_files() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "wgsl") {
             let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
-            assert!(names.contains(&stem.as_str()), "shaders/{stem}.wgsl is not in ops::shader_families()");
+            assert!(
+                names.contains(&stem.as_str()),
+                "shaders/{stem}.wgsl is not in ops::shader_families()"
+            );
         }
     }
 }

@@ -48,7 +48,13 @@ impl BenchResult {
     }
 }
 
-fn random(ctx: &GpuContext, shape: &[usize], dtype: DType, seed: u64, scale: f32) -> Result<Tensor> {
+fn random(
+    ctx: &GpuContext,
+    shape: &[usize],
+    dtype: DType,
+    seed: u64,
+    scale: f32,
+) -> Result<Tensor> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
@@ -76,7 +82,11 @@ fn time_case(
 }
 
 /// Runs the throughput cases and returns their results (also used by tests with `shrink`).
-pub fn measure(ctx: &GpuContext, args: &BenchOpsArgs, mut report: impl FnMut(&BenchResult)) -> Result<Vec<BenchResult>> {
+pub fn measure(
+    ctx: &GpuContext,
+    args: &BenchOpsArgs,
+    mut report: impl FnMut(&BenchResult),
+) -> Result<Vec<BenchResult>> {
     let s = args.shrink.max(1);
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let mut results = Vec::new();
@@ -86,7 +96,14 @@ pub fn measure(ctx: &GpuContext, args: &BenchOpsArgs, mut report: impl FnMut(&Be
             continue;
         }
         let mut push = |name: String, flops: f64, t: (f64, f64, f64)| {
-            let r = BenchResult { name, dtype, flops, median_s: t.0, min_s: t.1, max_s: t.2 };
+            let r = BenchResult {
+                name,
+                dtype,
+                flops,
+                median_s: t.0,
+                min_s: t.1,
+                max_s: t.2,
+            };
             report(&r);
             results.push(r);
         };
@@ -95,34 +112,64 @@ pub fn measure(ctx: &GpuContext, args: &BenchOpsArgs, mut report: impl FnMut(&Be
             let a = random(ctx, &[n, n], dtype, 1, 1.0)?;
             let b = random(ctx, &[n, n], dtype, 2, 1.0)?;
             for kernel in [matmul::MatmulKernel::Tiled, matmul::MatmulKernel::Registers] {
-                let opts = matmul::MatmulOptions { kernel, ..Default::default() };
+                let opts = matmul::MatmulOptions {
+                    kernel,
+                    ..Default::default()
+                };
                 let t = time_case(ctx, args.reps, || matmul::matmul(ctx, &a, &b, &opts))?;
-                let tag = if kernel == matmul::MatmulKernel::Tiled { "tiled" } else { "regs" };
-                push(format!("matmul {n}x{n}x{n} ({tag})"), 2.0 * (n * n * n) as f64, t);
+                let tag = if kernel == matmul::MatmulKernel::Tiled {
+                    "tiled"
+                } else {
+                    "regs"
+                };
+                push(
+                    format!("matmul {n}x{n}x{n} ({tag})"),
+                    2.0 * (n * n * n) as f64,
+                    t,
+                );
             }
         }
         let (hw, c) = (64 / s, 640 / s);
         if wanted("conv") {
             let x = random(ctx, &[1, c, hw, hw], dtype, 3, 1.0)?;
             let w = random(ctx, &[c, c, 3, 3], dtype, 4, 0.05)?;
-            let opts = conv2d::Conv2dOptions { stride: 1, padding: 1, bias: None, residual: None };
+            let opts = conv2d::Conv2dOptions {
+                stride: 1,
+                padding: 1,
+                bias: None,
+                residual: None,
+            };
             let t = time_case(ctx, args.reps, || conv2d::conv2d(ctx, &x, &w, &opts))?;
-            push(format!("conv3x3 {hw}x{hw}x{c}->{c}"), 2.0 * (c * c * 9 * hw * hw) as f64, t);
+            push(
+                format!("conv3x3 {hw}x{hw}x{c}->{c}"),
+                2.0 * (c * c * 9 * hw * hw) as f64,
+                t,
+            );
         }
         let (tokens, heads, d) = (4096 / (s * s), 10, 64);
         let attn_flops = 4.0 * (tokens * tokens * d * heads) as f64;
-        let opts = attention::AttentionOptions { heads, scale: None, causal: false };
+        let opts = attention::AttentionOptions {
+            heads,
+            scale: None,
+            causal: false,
+        };
         if wanted("attention") {
             let q = random(ctx, &[1, tokens, heads * d], dtype, 5, 1.0)?;
             let k = random(ctx, &[1, tokens, heads * d], dtype, 6, 1.0)?;
             let v = random(ctx, &[1, tokens, heads * d], dtype, 7, 1.0)?;
-            let t = time_case(ctx, args.reps, || attention::attention(ctx, &q, &k, &v, &opts))?;
+            let t = time_case(ctx, args.reps, || {
+                attention::attention(ctx, &q, &k, &v, &opts)
+            })?;
             push(format!("attention {tokens} tok {heads}x{d}"), attn_flops, t);
             // The map variant recomputes Q K^T once more: count that too.
             let t = time_case(ctx, args.reps, || {
                 attention::attention_with_map(ctx, &q, &k, &v, &opts).map(|(o, _map)| o)
             })?;
-            push(format!("attention+map {tokens} tok {heads}x{d}"), attn_flops * 1.5, t);
+            push(
+                format!("attention+map {tokens} tok {heads}x{d}"),
+                attn_flops * 1.5,
+                t,
+            );
         }
     }
     Ok(results)
@@ -131,7 +178,10 @@ pub fn measure(ctx: &GpuContext, args: &BenchOpsArgs, mut report: impl FnMut(&Be
 pub fn run(ctx: &GpuContext, args: &BenchOpsArgs) -> Result<()> {
     let a = ctx.adapter();
     println!("adapter: {} ({}, {})", a.name, a.backend, a.driver_info);
-    println!("{:<34} {:>5} {:>10} {:>10} {:>10} {:>9}", "case", "dtype", "median ms", "min ms", "max ms", "GFLOP/s");
+    println!(
+        "{:<34} {:>5} {:>10} {:>10} {:>10} {:>9}",
+        "case", "dtype", "median ms", "min ms", "max ms", "GFLOP/s"
+    );
     measure(ctx, args, |r| {
         println!(
             "{:<34} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>9.2}",

@@ -21,12 +21,20 @@ pub struct GpuArgs {
 
 impl GpuArgs {
     pub fn context(&self) -> Result<GpuContext> {
-        GpuContext::new(&ContextOptions { backend: self.backend.clone(), adapter: self.adapter.clone(), plan_only: false })
+        GpuContext::new(&ContextOptions {
+            backend: self.backend.clone(),
+            adapter: self.adapter.clone(),
+            plan_only: false,
+        })
     }
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "atedm", version, about = "Stable Diffusion XL on WebGPU with attention-driven token pruning (AT-EDM)")]
+#[command(
+    name = "atedm",
+    version,
+    about = "Stable Diffusion XL on WebGPU with attention-driven token pruning (AT-EDM)"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub gpu: GpuArgs,
@@ -54,7 +62,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info { all } => {
             if all {
                 for a in GpuContext::list_adapters(cli.gpu.backend.as_deref())? {
-                    println!("{} | {} | {} | {} {}", a.name, a.backend, a.device_type, a.driver, a.driver_info);
+                    println!(
+                        "{} | {} | {} | {} {}",
+                        a.name, a.backend, a.device_type, a.driver, a.driver_info
+                    );
                 }
                 return Ok(());
             }

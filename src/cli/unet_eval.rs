@@ -39,7 +39,12 @@ pub fn run(ctx: &GpuContext, args: &UNetEvalArgs) -> Result<()> {
     let unet = load_unet(ctx, &args.model, args.config.as_deref(), args.dtype)?;
     let mut inputs = read_all_f32(&args.inputs)?;
     let mut take = |name: &str| {
-        inputs.remove(name).ok_or_else(|| Error::Invalid(format!("{}: missing tensor '{name}'", args.inputs.display())))
+        inputs.remove(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: missing tensor '{name}'",
+                args.inputs.display()
+            ))
+        })
     };
     let (s_shape, sample) = take("sample")?;
     let (_, timestep) = take("timestep")?;
@@ -51,11 +56,19 @@ pub fn run(ctx: &GpuContext, args: &UNetEvalArgs) -> Result<()> {
     let text = Tensor::from_f32(ctx, &text, &t_shape, args.dtype)?;
     let out = unet.forward(
         ctx,
-        &UNetInputs { sample: &sample, timesteps: &timestep, encoder_hidden_states: &enc, text_embeds: &text, time_ids: &time_ids },
+        &UNetInputs {
+            sample: &sample,
+            timesteps: &timestep,
+            encoder_hidden_states: &enc,
+            text_embeds: &text,
+            time_ids: &time_ids,
+        },
     )?;
     let data = out.to_f32_vec(ctx)?;
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-        return Err(Error::Invalid(format!("the UNet output has a non-finite value at index {i}")));
+        return Err(Error::Invalid(format!(
+            "the UNet output has a non-finite value at index {i}"
+        )));
     }
     let bytes = safetensors_bytes(&[HostTensor::F32("out", out.shape().to_vec(), &data)])?;
     write_atomic(&args.output, &bytes)?;

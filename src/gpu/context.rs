@@ -28,7 +28,11 @@ impl ContextOptions {
     /// Options from the environment variables `ATEDM_BACKEND` and `ATEDM_ADAPTER`.
     pub fn from_env() -> Self {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        ContextOptions { backend: get("ATEDM_BACKEND"), adapter: get("ATEDM_ADAPTER"), plan_only: false }
+        ContextOptions {
+            backend: get("ATEDM_BACKEND"),
+            adapter: get("ATEDM_ADAPTER"),
+            plan_only: false,
+        }
     }
 
     /// `self` with empty fields filled from the environment.
@@ -128,7 +132,10 @@ impl GpuContext {
         };
         let instance = Self::instance(backends);
         let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-        Ok(adapters.iter().map(|a| AdapterSummary::new(&a.get_info())).collect())
+        Ok(adapters
+            .iter()
+            .map(|a| AdapterSummary::new(&a.get_info()))
+            .collect())
     }
 
     fn instance(backends: wgpu::Backends) -> wgpu::Instance {
@@ -188,7 +195,10 @@ impl GpuContext {
             trace: wgpu::Trace::Off,
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
-            Error::DeviceRequest { adapter: info.name.clone(), message: e.to_string() }
+            Error::DeviceRequest {
+                adapter: info.name.clone(),
+                message: e.to_string(),
+            }
         })?;
         let errors: Arc<Mutex<Vec<wgpu::Error>>> = Arc::default();
         let lost: Arc<Mutex<Option<String>>> = Arc::default();
@@ -206,7 +216,9 @@ impl GpuContext {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("plan placeholder"),
                 size: 256,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         });
@@ -268,7 +280,10 @@ impl GpuContext {
     /// Destroys the device now (frees its memory). Every later operation returns
     /// [`Error::DeviceLost`].
     pub fn destroy(&self) {
-        self.lost.lock().unwrap().get_or_insert_with(|| "destroyed by GpuContext::destroy".into());
+        self.lost
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| "destroyed by GpuContext::destroy".into());
         self.device.destroy();
     }
 
@@ -295,14 +310,24 @@ impl GpuContext {
         let _ = writeln!(s, "driver:    {} {}", i.driver, i.driver_info);
         let _ = writeln!(s, "vendor/device id: {:#06x}/{:#06x}", i.vendor, i.device);
         let feat = |f: wgpu::Features, n: &str| {
-            format!("{n}={}", if self.features.contains(f) { "yes" } else { "no" })
+            format!(
+                "{n}={}",
+                if self.features.contains(f) {
+                    "yes"
+                } else {
+                    "no"
+                }
+            )
         };
         let _ = writeln!(
             s,
             "features:  {} {} {} {}",
             feat(wgpu::Features::SHADER_F16, "shader-f16"),
             feat(wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
-            feat(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES, "timestamps-in-passes"),
+            feat(
+                wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+                "timestamps-in-passes"
+            ),
             feat(wgpu::Features::SUBGROUP, "subgroup"),
         );
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
@@ -313,17 +338,44 @@ impl GpuContext {
             l.max_storage_buffer_binding_size,
             mib(l.max_storage_buffer_binding_size)
         );
-        let _ = writeln!(s, "  max_buffer_size: {} ({:.0} MiB)", l.max_buffer_size, mib(l.max_buffer_size));
-        let _ = writeln!(s, "  max_compute_workgroup_storage_size: {}", l.max_compute_workgroup_storage_size);
-        let _ = writeln!(s, "  max_compute_invocations_per_workgroup: {}", l.max_compute_invocations_per_workgroup);
+        let _ = writeln!(
+            s,
+            "  max_buffer_size: {} ({:.0} MiB)",
+            l.max_buffer_size,
+            mib(l.max_buffer_size)
+        );
+        let _ = writeln!(
+            s,
+            "  max_compute_workgroup_storage_size: {}",
+            l.max_compute_workgroup_storage_size
+        );
+        let _ = writeln!(
+            s,
+            "  max_compute_invocations_per_workgroup: {}",
+            l.max_compute_invocations_per_workgroup
+        );
         let _ = writeln!(
             s,
             "  max_compute_workgroup_size: {}x{}x{}",
-            l.max_compute_workgroup_size_x, l.max_compute_workgroup_size_y, l.max_compute_workgroup_size_z
+            l.max_compute_workgroup_size_x,
+            l.max_compute_workgroup_size_y,
+            l.max_compute_workgroup_size_z
         );
-        let _ = writeln!(s, "  max_compute_workgroups_per_dimension: {}", l.max_compute_workgroups_per_dimension);
-        let _ = writeln!(s, "  max_storage_buffers_per_shader_stage: {}", l.max_storage_buffers_per_shader_stage);
-        let _ = write!(s, "  max_uniform_buffer_binding_size: {}", l.max_uniform_buffer_binding_size);
+        let _ = writeln!(
+            s,
+            "  max_compute_workgroups_per_dimension: {}",
+            l.max_compute_workgroups_per_dimension
+        );
+        let _ = writeln!(
+            s,
+            "  max_storage_buffers_per_shader_stage: {}",
+            l.max_storage_buffers_per_shader_stage
+        );
+        let _ = write!(
+            s,
+            "  max_uniform_buffer_binding_size: {}",
+            l.max_uniform_buffer_binding_size
+        );
         s
     }
 
@@ -393,7 +445,10 @@ impl GpuContext {
         let verr = pollster::block_on(vscope.pop());
         let oom = pollster::block_on(scope.pop());
         if oom.is_some() {
-            return Err(Error::OutOfMemory { what: what.to_string(), bytes: class });
+            return Err(Error::OutOfMemory {
+                what: what.to_string(),
+                bytes: class,
+            });
         }
         if let Some(e) = verr {
             return Err(convert_error(e, what));
@@ -440,7 +495,8 @@ impl GpuContext {
         });
         {
             let mut p = self.pending.lock().unwrap();
-            Self::encoder(&self.device, &mut p).copy_buffer_to_buffer(buffer, 0, &staging, 0, padded);
+            Self::encoder(&self.device, &mut p)
+                .copy_buffer_to_buffer(buffer, 0, &staging, 0, padded);
             self.submit_locked(&mut p)?;
         }
         self.check()?;
@@ -453,7 +509,9 @@ impl GpuContext {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 self.check()?;
-                return Err(Error::Gpu(format!("mapping the readback buffer failed: {e}")));
+                return Err(Error::Gpu(format!(
+                    "mapping the readback buffer failed: {e}"
+                )));
             }
             Err(_) => {
                 self.check()?;
@@ -492,7 +550,9 @@ impl GpuContext {
 
     fn encoder<'p>(device: &wgpu::Device, p: &'p mut Pending) -> &'p mut wgpu::CommandEncoder {
         p.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("atedm") })
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("atedm"),
+            })
         })
     }
 
@@ -531,7 +591,10 @@ impl GpuContext {
     pub fn wait(&self) -> Result<()> {
         self.flush()?;
         self.device
-            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         self.check()
     }
@@ -567,21 +630,27 @@ impl GpuContext {
     }
 
     /// Compute pipeline for a kernel and dtype (cached; auto layout).
-    pub(crate) fn pipeline(&self, kernel: &Kernel, dtype: DType) -> Result<Arc<wgpu::ComputePipeline>> {
+    pub(crate) fn pipeline(
+        &self,
+        kernel: &Kernel,
+        dtype: DType,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
         let key = (kernel.family.name, kernel.entry, dtype);
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
         let module = self.module(kernel, dtype)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.entry),
-            layout: None,
-            module: &module,
-            entry_point: Some(kernel.entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!(
                 "pipeline '{}::{}' ({dtype:?}) failed: {e}",
@@ -642,15 +711,19 @@ impl GpuContext {
         let uniform = (!params.is_empty()).then(|| {
             let mut data = params.to_vec();
             data.resize(data.len().div_ceil(16) * 16, 0);
-            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: &data,
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("params"),
+                    contents: &data,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                })
         });
         let mut entries = Vec::with_capacity(tensors.len() + 1);
         if let Some(u) = &uniform {
-            entries.push(wgpu::BindGroupEntry { binding: 0, resource: u.as_entire_binding() });
+            entries.push(wgpu::BindGroupEntry {
+                binding: 0,
+                resource: u.as_entire_binding(),
+            });
         }
         for (i, (_, t)) in tensors.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
@@ -669,7 +742,10 @@ impl GpuContext {
             entries: &entries,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Gpu(format!("{op}: binding failed for '{}': {e}", kernel.entry)));
+            return Err(Error::Gpu(format!(
+                "{op}: binding failed for '{}': {e}",
+                kernel.entry
+            )));
         }
         let mut p = self.pending.lock().unwrap();
         {
@@ -705,7 +781,10 @@ impl GpuContext {
 
 fn convert_error(e: wgpu::Error, what: &str) -> Error {
     match e {
-        wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory { what: what.to_string(), bytes: 0 },
+        wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory {
+            what: what.to_string(),
+            bytes: 0,
+        },
         other => Error::Gpu(other.to_string()),
     }
 }

@@ -34,7 +34,10 @@ impl ShaderFamily {
 
     /// Declares a kernel of this family.
     pub const fn kernel(&'static self, entry: &'static str) -> Kernel {
-        Kernel { family: self, entry }
+        Kernel {
+            family: self,
+            entry,
+        }
     }
 }
 

@@ -11,5 +11,5 @@ mod pool;
 
 pub use context::{AdapterSummary, ContextOptions, GpuContext};
 pub use kernel::{Kernel, ShaderFamily};
-pub use pool::PoolStats;
 pub(crate) use pool::BufferPool;
+pub use pool::PoolStats;

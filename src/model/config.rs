@@ -243,9 +243,15 @@ impl UNetConfig {
 
     /// Reads and validates `path` (a `config.json` file, or a folder holding one).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&file)
-            .map_err(|source| Error::Io { path: file.display().to_string(), source })?;
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
+            path: file.display().to_string(),
+            source,
+        })?;
         Self::from_json(&text).map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))
     }
 
@@ -273,7 +279,9 @@ impl UNetConfig {
 }
 
 fn unsupported(field: &str, value: impl std::fmt::Debug, want: &str) -> Error {
-    Error::Invalid(format!("unsupported unet config: '{field}' is {value:?}; atedm supports {want}"))
+    Error::Invalid(format!(
+        "unsupported unet config: '{field}' is {value:?}; atedm supports {want}"
+    ))
 }
 
 impl RawUNetConfig {
@@ -281,7 +289,11 @@ impl RawUNetConfig {
     pub fn validate(self) -> Result<UNetConfig> {
         let n = self.block_out_channels.len();
         if n < 2 {
-            return Err(unsupported("block_out_channels", &self.block_out_channels, "2 or more levels"));
+            return Err(unsupported(
+                "block_out_channels",
+                &self.block_out_channels,
+                "2 or more levels",
+            ));
         }
         if self.down_block_types.len() != n || self.up_block_types.len() != n {
             return Err(Error::Invalid(format!(
@@ -296,7 +308,11 @@ impl RawUNetConfig {
             .map(|t| match t.as_str() {
                 "DownBlock2D" => Ok(DownKind::Plain),
                 "CrossAttnDownBlock2D" => Ok(DownKind::CrossAttn),
-                other => Err(unsupported("down_block_types", other, "DownBlock2D and CrossAttnDownBlock2D")),
+                other => Err(unsupported(
+                    "down_block_types",
+                    other,
+                    "DownBlock2D and CrossAttnDownBlock2D",
+                )),
             })
             .collect::<Result<Vec<_>>>()?;
         let up_blocks = self
@@ -305,11 +321,19 @@ impl RawUNetConfig {
             .map(|t| match t.as_str() {
                 "UpBlock2D" => Ok(UpKind::Plain),
                 "CrossAttnUpBlock2D" => Ok(UpKind::CrossAttn),
-                other => Err(unsupported("up_block_types", other, "UpBlock2D and CrossAttnUpBlock2D")),
+                other => Err(unsupported(
+                    "up_block_types",
+                    other,
+                    "UpBlock2D and CrossAttnUpBlock2D",
+                )),
             })
             .collect::<Result<Vec<_>>>()?;
         if self.mid_block_type.as_deref() != Some("UNetMidBlock2DCrossAttn") {
-            return Err(unsupported("mid_block_type", &self.mid_block_type, "UNetMidBlock2DCrossAttn"));
+            return Err(unsupported(
+                "mid_block_type",
+                &self.mid_block_type,
+                "UNetMidBlock2DCrossAttn",
+            ));
         }
         if self.act_fn != "silu" {
             return Err(unsupported("act_fn", &self.act_fn, "silu"));
@@ -320,13 +344,21 @@ impl RawUNetConfig {
         if self.only_cross_attention != PerBlock::One(false)
             && self.only_cross_attention != PerBlock::Each(vec![false; n])
         {
-            return Err(unsupported("only_cross_attention", &self.only_cross_attention, "false"));
+            return Err(unsupported(
+                "only_cross_attention",
+                &self.only_cross_attention,
+                "false",
+            ));
         }
         if self.dual_cross_attention {
             return Err(unsupported("dual_cross_attention", true, "false"));
         }
         if !self.use_linear_projection {
-            return Err(unsupported("use_linear_projection", false, "true (linear proj_in/proj_out, as SD-XL)"));
+            return Err(unsupported(
+                "use_linear_projection",
+                false,
+                "true (linear proj_in/proj_out, as SD-XL)",
+            ));
         }
         if let Some(v) = &self.class_embed_type {
             if !v.is_null() {
@@ -350,28 +382,56 @@ impl RawUNetConfig {
             }
         }
         if self.addition_embed_type.as_deref() != Some("text_time") {
-            return Err(unsupported("addition_embed_type", &self.addition_embed_type, "\"text_time\" (SD-XL)"));
+            return Err(unsupported(
+                "addition_embed_type",
+                &self.addition_embed_type,
+                "\"text_time\" (SD-XL)",
+            ));
         }
         if self.resnet_time_scale_shift != "default" {
-            return Err(unsupported("resnet_time_scale_shift", &self.resnet_time_scale_shift, "\"default\""));
+            return Err(unsupported(
+                "resnet_time_scale_shift",
+                &self.resnet_time_scale_shift,
+                "\"default\"",
+            ));
         }
         if self.resnet_skip_time_act {
             return Err(unsupported("resnet_skip_time_act", true, "false"));
         }
         if self.resnet_out_scale_factor != 1.0 {
-            return Err(unsupported("resnet_out_scale_factor", self.resnet_out_scale_factor, "1.0"));
+            return Err(unsupported(
+                "resnet_out_scale_factor",
+                self.resnet_out_scale_factor,
+                "1.0",
+            ));
         }
         if self.mid_block_scale_factor != 1.0 {
-            return Err(unsupported("mid_block_scale_factor", self.mid_block_scale_factor, "1.0"));
+            return Err(unsupported(
+                "mid_block_scale_factor",
+                self.mid_block_scale_factor,
+                "1.0",
+            ));
         }
         if self.time_embedding_type != "positional" {
-            return Err(unsupported("time_embedding_type", &self.time_embedding_type, "\"positional\""));
+            return Err(unsupported(
+                "time_embedding_type",
+                &self.time_embedding_type,
+                "\"positional\"",
+            ));
         }
         if self.conv_in_kernel != 3 || self.conv_out_kernel != 3 {
-            return Err(unsupported("conv_in_kernel/conv_out_kernel", (self.conv_in_kernel, self.conv_out_kernel), "3"));
+            return Err(unsupported(
+                "conv_in_kernel/conv_out_kernel",
+                (self.conv_in_kernel, self.conv_out_kernel),
+                "3",
+            ));
         }
         if self.downsample_padding != 1.0 {
-            return Err(unsupported("downsample_padding", self.downsample_padding, "1"));
+            return Err(unsupported(
+                "downsample_padding",
+                self.downsample_padding,
+                "1",
+            ));
         }
         if self.class_embeddings_concat {
             return Err(unsupported("class_embeddings_concat", true, "false"));
@@ -381,7 +441,11 @@ impl RawUNetConfig {
                 return Err(unsupported("attention_type", t, "\"default\""));
             }
         }
-        if self.reverse_transformer_layers_per_block.as_ref().is_some_and(|v| !v.is_null()) {
+        if self
+            .reverse_transformer_layers_per_block
+            .as_ref()
+            .is_some_and(|v| !v.is_null())
+        {
             return Err(unsupported(
                 "reverse_transformer_layers_per_block",
                 &self.reverse_transformer_layers_per_block,
@@ -391,12 +455,26 @@ impl RawUNetConfig {
         let cross_attention_dim = match &self.cross_attention_dim {
             PerBlock::One(v) => *v,
             PerBlock::Each(v) if !v.is_empty() && v.iter().all(|x| *x == v[0]) => v[0],
-            other => return Err(unsupported("cross_attention_dim", other, "one value for all blocks")),
+            other => {
+                return Err(unsupported(
+                    "cross_attention_dim",
+                    other,
+                    "one value for all blocks",
+                ))
+            }
         };
-        let groups = self.norm_num_groups.ok_or_else(|| unsupported("norm_num_groups", "null", "a number"))?;
+        let groups = self
+            .norm_num_groups
+            .ok_or_else(|| unsupported("norm_num_groups", "null", "a number"))?;
         let layers_per_block = self.layers_per_block.expand(n, "layers_per_block")?;
-        let transformer_layers_per_block = self.transformer_layers_per_block.expand(n, "transformer_layers_per_block")?;
-        let heads = self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).expand(n, "attention_head_dim")?;
+        let transformer_layers_per_block = self
+            .transformer_layers_per_block
+            .expand(n, "transformer_layers_per_block")?;
+        let heads = self
+            .num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .expand(n, "attention_head_dim")?;
         for (i, (&c, &h)) in self.block_out_channels.iter().zip(&heads).enumerate() {
             if c % groups != 0 {
                 return Err(Error::Invalid(format!(
@@ -419,12 +497,16 @@ impl RawUNetConfig {
                 )));
             }
         }
-        let addition_time_embed_dim = self
-            .addition_time_embed_dim
-            .ok_or_else(|| unsupported("addition_time_embed_dim", "null", "a number (text_time)"))?;
-        let proj = self
-            .projection_class_embeddings_input_dim
-            .ok_or_else(|| unsupported("projection_class_embeddings_input_dim", "null", "a number (text_time)"))?;
+        let addition_time_embed_dim = self.addition_time_embed_dim.ok_or_else(|| {
+            unsupported("addition_time_embed_dim", "null", "a number (text_time)")
+        })?;
+        let proj = self.projection_class_embeddings_input_dim.ok_or_else(|| {
+            unsupported(
+                "projection_class_embeddings_input_dim",
+                "null",
+                "a number (text_time)",
+            )
+        })?;
         if proj <= 6 * addition_time_embed_dim {
             return Err(Error::Invalid(format!(
                 "unet config: projection_class_embeddings_input_dim = {proj} leaves no room for text embeds after 6 x {addition_time_embed_dim} time ids"
@@ -494,29 +576,68 @@ mod tests {
     #[test]
     fn refuses_unsupported_fields_by_name() {
         for (from, to, field) in [
-            ("\"use_linear_projection\": true", "\"use_linear_projection\": false", "use_linear_projection"),
-            ("\"addition_embed_type\": \"text_time\"", "\"addition_embed_type\": \"text\"", "addition_embed_type"),
+            (
+                "\"use_linear_projection\": true",
+                "\"use_linear_projection\": false",
+                "use_linear_projection",
+            ),
+            (
+                "\"addition_embed_type\": \"text_time\"",
+                "\"addition_embed_type\": \"text\"",
+                "addition_embed_type",
+            ),
             ("\"act_fn\": \"silu\"", "\"act_fn\": \"gelu\"", "act_fn"),
-            ("\"class_embed_type\": null", "\"class_embed_type\": \"timestep\"", "class_embed_type"),
-            ("\"resnet_time_scale_shift\": \"default\"", "\"resnet_time_scale_shift\": \"scale_shift\"", "resnet_time_scale_shift"),
-            ("\"CrossAttnUpBlock2D\", \"UpBlock2D\"]", "\"CrossAttnUpBlock2D\", \"SimpleUpBlock\"]", "up_block_types"),
-            ("\"transformer_layers_per_block\": [1, 2, 10]", "\"transformer_layers_per_block\": [1, 2]", "transformer_layers_per_block"),
-            ("\"norm_num_groups\": 32", "\"norm_num_groups\": 7", "norm_num_groups"),
+            (
+                "\"class_embed_type\": null",
+                "\"class_embed_type\": \"timestep\"",
+                "class_embed_type",
+            ),
+            (
+                "\"resnet_time_scale_shift\": \"default\"",
+                "\"resnet_time_scale_shift\": \"scale_shift\"",
+                "resnet_time_scale_shift",
+            ),
+            (
+                "\"CrossAttnUpBlock2D\", \"UpBlock2D\"]",
+                "\"CrossAttnUpBlock2D\", \"SimpleUpBlock\"]",
+                "up_block_types",
+            ),
+            (
+                "\"transformer_layers_per_block\": [1, 2, 10]",
+                "\"transformer_layers_per_block\": [1, 2]",
+                "transformer_layers_per_block",
+            ),
+            (
+                "\"norm_num_groups\": 32",
+                "\"norm_num_groups\": 7",
+                "norm_num_groups",
+            ),
         ] {
             let text = SDXL_CONFIG.replace(from, to);
             assert_ne!(text, SDXL_CONFIG, "{from}");
             let msg = UNetConfig::from_json(&text).unwrap_err().to_string();
             assert!(msg.contains(field), "{field}: {msg}");
         }
-        let msg = UNetConfig::from_json("{\"in_channels\": 4}").unwrap_err().to_string();
+        let msg = UNetConfig::from_json("{\"in_channels\": 4}")
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("down_block_types"), "{msg}");
     }
 
     #[test]
     fn num_attention_heads_overrides_attention_head_dim() {
-        let text = SDXL_CONFIG.replace("\"num_attention_heads\": null", "\"num_attention_heads\": [4, 8, 16]");
+        let text = SDXL_CONFIG.replace(
+            "\"num_attention_heads\": null",
+            "\"num_attention_heads\": [4, 8, 16]",
+        );
         assert_eq!(UNetConfig::from_json(&text).unwrap().heads, vec![4, 8, 16]);
-        let text = SDXL_CONFIG.replace("\"attention_head_dim\": [5, 10, 20]", "\"attention_head_dim\": 10");
-        assert_eq!(UNetConfig::from_json(&text).unwrap().heads, vec![10, 10, 10]);
+        let text = SDXL_CONFIG.replace(
+            "\"attention_head_dim\": [5, 10, 20]",
+            "\"attention_head_dim\": 10",
+        );
+        assert_eq!(
+            UNetConfig::from_json(&text).unwrap().heads,
+            vec![10, 10, 10]
+        );
     }
 }

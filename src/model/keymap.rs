@@ -25,10 +25,26 @@ impl UNetKeyMap {
     pub fn new(cfg: &UNetConfig) -> Self {
         let mut p: Vec<(String, String, bool)> = Vec::new();
         let mut add = |o: String, d: String, resnet: bool| p.push((o, d, resnet));
-        add("time_embed.0.".into(), "time_embedding.linear_1.".into(), false);
-        add("time_embed.2.".into(), "time_embedding.linear_2.".into(), false);
-        add("label_emb.0.0.".into(), "add_embedding.linear_1.".into(), false);
-        add("label_emb.0.2.".into(), "add_embedding.linear_2.".into(), false);
+        add(
+            "time_embed.0.".into(),
+            "time_embedding.linear_1.".into(),
+            false,
+        );
+        add(
+            "time_embed.2.".into(),
+            "time_embedding.linear_2.".into(),
+            false,
+        );
+        add(
+            "label_emb.0.0.".into(),
+            "add_embedding.linear_1.".into(),
+            false,
+        );
+        add(
+            "label_emb.0.2.".into(),
+            "add_embedding.linear_2.".into(),
+            false,
+        );
         add("input_blocks.0.0.".into(), "conv_in.".into(), false);
         add("out.0.".into(), "conv_norm_out.".into(), false);
         add("out.2.".into(), "conv_out.".into(), false);
@@ -36,32 +52,68 @@ impl UNetKeyMap {
         let mut n = 1;
         for i in 0..levels {
             for j in 0..cfg.layers_per_block[i] {
-                add(format!("input_blocks.{n}.0."), format!("down_blocks.{i}.resnets.{j}."), true);
+                add(
+                    format!("input_blocks.{n}.0."),
+                    format!("down_blocks.{i}.resnets.{j}."),
+                    true,
+                );
                 if cfg.down_blocks[i] == DownKind::CrossAttn {
-                    add(format!("input_blocks.{n}.1."), format!("down_blocks.{i}.attentions.{j}."), false);
+                    add(
+                        format!("input_blocks.{n}.1."),
+                        format!("down_blocks.{i}.attentions.{j}."),
+                        false,
+                    );
                 }
                 n += 1;
             }
             if i + 1 < levels {
-                add(format!("input_blocks.{n}.0.op."), format!("down_blocks.{i}.downsamplers.0.conv."), false);
+                add(
+                    format!("input_blocks.{n}.0.op."),
+                    format!("down_blocks.{i}.downsamplers.0.conv."),
+                    false,
+                );
                 n += 1;
             }
         }
-        add("middle_block.0.".into(), "mid_block.resnets.0.".into(), true);
-        add("middle_block.1.".into(), "mid_block.attentions.0.".into(), false);
-        add("middle_block.2.".into(), "mid_block.resnets.1.".into(), true);
+        add(
+            "middle_block.0.".into(),
+            "mid_block.resnets.0.".into(),
+            true,
+        );
+        add(
+            "middle_block.1.".into(),
+            "mid_block.attentions.0.".into(),
+            false,
+        );
+        add(
+            "middle_block.2.".into(),
+            "mid_block.resnets.1.".into(),
+            true,
+        );
         let mut n = 0;
         for i in 0..levels {
             let attn = cfg.up_blocks[i] == UpKind::CrossAttn;
             let count = cfg.layers_per_block[levels - 1 - i] + 1;
             for j in 0..count {
-                add(format!("output_blocks.{n}.0."), format!("up_blocks.{i}.resnets.{j}."), true);
+                add(
+                    format!("output_blocks.{n}.0."),
+                    format!("up_blocks.{i}.resnets.{j}."),
+                    true,
+                );
                 if attn {
-                    add(format!("output_blocks.{n}.1."), format!("up_blocks.{i}.attentions.{j}."), false);
+                    add(
+                        format!("output_blocks.{n}.1."),
+                        format!("up_blocks.{i}.attentions.{j}."),
+                        false,
+                    );
                 }
                 if j + 1 == count && i + 1 < levels {
                     let slot = 1 + attn as usize;
-                    add(format!("output_blocks.{n}.{slot}.conv."), format!("up_blocks.{i}.upsamplers.0.conv."), false);
+                    add(
+                        format!("output_blocks.{n}.{slot}.conv."),
+                        format!("up_blocks.{i}.upsamplers.0.conv."),
+                        false,
+                    );
                 }
                 n += 1;
             }
@@ -72,7 +124,10 @@ impl UNetKeyMap {
     /// The diffusers name of an original key (given without [`UNET_PREFIX`]); `None` when the
     /// key belongs to no known module.
     pub fn map(&self, key: &str) -> Option<String> {
-        let (orig, diff, resnet) = self.prefixes.iter().find(|(o, _, _)| key.starts_with(o.as_str()))?;
+        let (orig, diff, resnet) = self
+            .prefixes
+            .iter()
+            .find(|(o, _, _)| key.starts_with(o.as_str()))?;
         let rest = &key[orig.len()..];
         if *resnet {
             for (from, to) in RESNET_RENAMES {

@@ -29,13 +29,19 @@ pub fn unet_config(model: &Path, config: Option<&Path>) -> Result<UNetConfig> {
             return UNetConfig::from_file(c);
         }
         let dir = unet_dir(c).ok_or_else(|| {
-            Error::Invalid(format!("--config {}: no config.json there or in its unet/ folder", c.display()))
+            Error::Invalid(format!(
+                "--config {}: no config.json there or in its unet/ folder",
+                c.display()
+            ))
         })?;
         return UNetConfig::from_file(&dir);
     }
     if model.is_dir() {
         let dir = unet_dir(model).ok_or_else(|| {
-            Error::Invalid(format!("{}: not a diffusers pipeline or unet folder (no unet/config.json or config.json)", model.display()))
+            Error::Invalid(format!(
+                "{}: not a diffusers pipeline or unet folder (no unet/config.json or config.json)",
+                model.display()
+            ))
         })?;
         return UNetConfig::from_file(&dir);
     }
@@ -45,15 +51,24 @@ pub fn unet_config(model: &Path, config: Option<&Path>) -> Result<UNetConfig> {
 /// Opens the UNet weights of `model` as a store with diffusers names.
 pub fn unet_weights(model: &Path, cfg: &UNetConfig, prefer_f16: bool) -> Result<WeightStore> {
     if model.is_dir() {
-        let dir = unet_dir(model)
-            .ok_or_else(|| Error::Invalid(format!("{}: not a diffusers pipeline or unet folder", model.display())))?;
+        let dir = unet_dir(model).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: not a diffusers pipeline or unet folder",
+                model.display()
+            ))
+        })?;
         return WeightStore::open_diffusers(&dir, "diffusion_pytorch_model", prefer_f16);
     }
     if !model.exists() {
-        return Err(Error::Invalid(format!("{}: no such file or folder", model.display())));
+        return Err(Error::Invalid(format!(
+            "{}: no such file or folder",
+            model.display()
+        )));
     }
     let map = UNetKeyMap::new(cfg);
-    let store = WeightStore::from_files_mapped(vec![SafetensorsFile::open(model)?], |k| map.map_checkpoint_key(k))?;
+    let store = WeightStore::from_files_mapped(vec![SafetensorsFile::open(model)?], |k| {
+        map.map_checkpoint_key(k)
+    })?;
     if store.names().next().is_none() {
         return Err(Error::Invalid(format!(
             "{}: not an SD-XL single-file checkpoint (no '{}' tensors)",
@@ -65,7 +80,12 @@ pub fn unet_weights(model: &Path, cfg: &UNetConfig, prefer_f16: bool) -> Result<
 }
 
 /// Loads the UNet of `model` in compute dtype `dtype`.
-pub fn load_unet(ctx: &GpuContext, model: &Path, config: Option<&Path>, dtype: DType) -> Result<UNet2DConditionModel> {
+pub fn load_unet(
+    ctx: &GpuContext,
+    model: &Path,
+    config: Option<&Path>,
+    dtype: DType,
+) -> Result<UNet2DConditionModel> {
     let cfg = unet_config(model, config)?;
     let store = unet_weights(model, &cfg, dtype == DType::F16)?;
     UNet2DConditionModel::load(&cfg, WeightLoader::new(ctx, &store, dtype))

@@ -3,7 +3,7 @@
 
 pub mod config;
 pub mod keymap;
-pub mod weights;
+pub mod load;
 pub mod nn;
 pub mod unet;
-pub mod load;
+pub mod weights;

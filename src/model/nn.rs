@@ -21,7 +21,12 @@ impl Linear {
     }
 
     /// `x [..., in] -> [..., out]`, plus `residual` (same shape as the output) when given.
-    pub fn forward(&self, ctx: &GpuContext, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ctx: &GpuContext,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         matmul::linear(ctx, x, &self.weight, self.bias.as_ref(), residual)
     }
 }
@@ -35,7 +40,15 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn load(l: &mut WeightLoader, p: &str, inp: usize, out: usize, k: usize, stride: usize, padding: usize) -> Self {
+    pub fn load(
+        l: &mut WeightLoader,
+        p: &str,
+        inp: usize,
+        out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
         Conv2d {
             weight: l.get(&format!("{p}.weight"), &[out, inp, k, k]),
             bias: l.get(&format!("{p}.bias"), &[out]),
@@ -45,8 +58,18 @@ impl Conv2d {
     }
 
     /// NCHW convolution, plus `residual` (same shape as the output) when given.
-    pub fn forward(&self, ctx: &GpuContext, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let opts = conv2d::Conv2dOptions { stride: self.stride, padding: self.padding, bias: Some(&self.bias), residual };
+    pub fn forward(
+        &self,
+        ctx: &GpuContext,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let opts = conv2d::Conv2dOptions {
+            stride: self.stride,
+            padding: self.padding,
+            bias: Some(&self.bias),
+            residual,
+        };
         conv2d::conv2d(ctx, x, &self.weight, &opts)
     }
 }
@@ -71,7 +94,15 @@ impl GroupNorm {
 
     /// GroupNorm of `x [B, C, ...]`, followed by SiLU when `silu`.
     pub fn forward(&self, ctx: &GpuContext, x: &Tensor, silu: bool) -> Result<Tensor> {
-        norm::group_norm(ctx, x, self.groups, &self.weight, &self.bias, self.eps, silu)
+        norm::group_norm(
+            ctx,
+            x,
+            self.groups,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            silu,
+        )
     }
 }
 

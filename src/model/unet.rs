@@ -50,10 +50,17 @@ impl ResnetBlock2D {
         ResnetBlock2D {
             norm1: GroupNorm::load(l, &format!("{p}.norm1"), inp, g, eps),
             conv1: Conv2d::load(l, &format!("{p}.conv1"), inp, out, 3, 1, 1),
-            time_emb_proj: Linear::load(l, &format!("{p}.time_emb_proj"), cfg.time_embed_dim(), out, true),
+            time_emb_proj: Linear::load(
+                l,
+                &format!("{p}.time_emb_proj"),
+                cfg.time_embed_dim(),
+                out,
+                true,
+            ),
             norm2: GroupNorm::load(l, &format!("{p}.norm2"), out, g, eps),
             conv2: Conv2d::load(l, &format!("{p}.conv2"), out, out, 3, 1, 1),
-            conv_shortcut: (inp != out).then(|| Conv2d::load(l, &format!("{p}.conv_shortcut"), inp, out, 1, 1, 0)),
+            conv_shortcut: (inp != out)
+                .then(|| Conv2d::load(l, &format!("{p}.conv_shortcut"), inp, out, 1, 1, 0)),
         }
     }
 
@@ -94,12 +101,22 @@ impl Attention {
     }
 
     /// `x [B, N, C]` attends to `context [B, L, Cc]` (itself when `None`); adds `residual`.
-    fn forward(&self, ctx: &GpuContext, x: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        ctx: &GpuContext,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
         let kv = context.unwrap_or(x);
         let q = self.to_q.forward(ctx, x, None)?;
         let k = self.to_k.forward(ctx, kv, None)?;
         let v = self.to_v.forward(ctx, kv, None)?;
-        let opts = AttentionOptions { heads: self.heads, scale: None, causal: false };
+        let opts = AttentionOptions {
+            heads: self.heads,
+            scale: None,
+            causal: false,
+        };
         let o = attention::attention(ctx, &q, &k, &v, &opts)?;
         self.to_out.forward(ctx, &o, Some(residual))
     }
@@ -152,13 +169,28 @@ pub struct Transformer2DModel {
 }
 
 impl Transformer2DModel {
-    fn load(l: &mut WeightLoader, p: &str, cfg: &UNetConfig, dim: usize, depth: usize, heads: usize) -> Self {
+    fn load(
+        l: &mut WeightLoader,
+        p: &str,
+        cfg: &UNetConfig,
+        dim: usize,
+        depth: usize,
+        heads: usize,
+    ) -> Self {
         Transformer2DModel {
             // diffusers hard-codes eps 1e-6 for this GroupNorm.
             norm: GroupNorm::load(l, &format!("{p}.norm"), dim, cfg.norm_num_groups, 1e-6),
             proj_in: Linear::load(l, &format!("{p}.proj_in"), dim, dim, true),
             transformer_blocks: (0..depth)
-                .map(|i| BasicTransformerBlock::load(l, &format!("{p}.transformer_blocks.{i}"), dim, cfg.cross_attention_dim, heads))
+                .map(|i| {
+                    BasicTransformerBlock::load(
+                        l,
+                        &format!("{p}.transformer_blocks.{i}"),
+                        dim,
+                        cfg.cross_attention_dim,
+                        heads,
+                    )
+                })
                 .collect(),
             proj_out: Linear::load(l, &format!("{p}.proj_out"), dim, dim, true),
         }
@@ -237,7 +269,12 @@ impl UNet2DConditionModel {
         let temb = cfg.time_embed_dim();
         let conv_in = Conv2d::load(l, "conv_in", cfg.in_channels, ch[0], 3, 1, 1);
         let time_embedding = TimestepEmbeddingMlp::load(l, "time_embedding", ch[0], temb);
-        let add_embedding = TimestepEmbeddingMlp::load(l, "add_embedding", cfg.projection_class_embeddings_input_dim, temb);
+        let add_embedding = TimestepEmbeddingMlp::load(
+            l,
+            "add_embedding",
+            cfg.projection_class_embeddings_input_dim,
+            temb,
+        );
         let mut down_blocks = Vec::new();
         let mut prev = ch[0];
         for i in 0..levels {
@@ -247,7 +284,13 @@ impl UNet2DConditionModel {
             let mut attentions = Vec::new();
             for j in 0..cfg.layers_per_block[i] {
                 let inp = if j == 0 { prev } else { out };
-                resnets.push(ResnetBlock2D::load(l, &format!("{p}.resnets.{j}"), cfg, inp, out));
+                resnets.push(ResnetBlock2D::load(
+                    l,
+                    &format!("{p}.resnets.{j}"),
+                    cfg,
+                    inp,
+                    out,
+                ));
                 if cfg.down_blocks[i] == DownKind::CrossAttn {
                     attentions.push(Transformer2DModel::load(
                         l,
@@ -259,8 +302,13 @@ impl UNet2DConditionModel {
                     ));
                 }
             }
-            let downsampler = (i + 1 < levels).then(|| Conv2d::load(l, &format!("{p}.downsamplers.0.conv"), out, out, 3, 2, 1));
-            down_blocks.push(DownBlock { resnets, attentions, downsampler });
+            let downsampler = (i + 1 < levels)
+                .then(|| Conv2d::load(l, &format!("{p}.downsamplers.0.conv"), out, out, 3, 2, 1));
+            down_blocks.push(DownBlock {
+                resnets,
+                attentions,
+                downsampler,
+            });
             prev = out;
         }
         let top = ch[levels - 1];
@@ -293,7 +341,13 @@ impl UNet2DConditionModel {
                 // level's output channels.
                 let skip = if j == n - 1 { skip_base } else { out };
                 let inp = if j == 0 { prev } else { out };
-                resnets.push(ResnetBlock2D::load(l, &format!("{p}.resnets.{j}"), cfg, inp + skip, out));
+                resnets.push(ResnetBlock2D::load(
+                    l,
+                    &format!("{p}.resnets.{j}"),
+                    cfg,
+                    inp + skip,
+                    out,
+                ));
                 if cfg.up_blocks[i] == UpKind::CrossAttn {
                     attentions.push(Transformer2DModel::load(
                         l,
@@ -305,8 +359,13 @@ impl UNet2DConditionModel {
                     ));
                 }
             }
-            let upsampler = (i + 1 < levels).then(|| Conv2d::load(l, &format!("{p}.upsamplers.0.conv"), out, out, 3, 1, 1));
-            up_blocks.push(UpBlock { resnets, attentions, upsampler });
+            let upsampler = (i + 1 < levels)
+                .then(|| Conv2d::load(l, &format!("{p}.upsamplers.0.conv"), out, out, 3, 1, 1));
+            up_blocks.push(UpBlock {
+                resnets,
+                attentions,
+                upsampler,
+            });
             prev = out;
         }
         UNet2DConditionModel {
@@ -318,7 +377,13 @@ impl UNet2DConditionModel {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: GroupNorm::load(l, "conv_norm_out", ch[0], cfg.norm_num_groups, cfg.norm_eps),
+            conv_norm_out: GroupNorm::load(
+                l,
+                "conv_norm_out",
+                ch[0],
+                cfg.norm_num_groups,
+                cfg.norm_eps,
+            ),
             conv_out: Conv2d::load(l, "conv_out", ch[0], cfg.out_channels, 3, 1, 1),
         }
     }
@@ -336,7 +401,9 @@ impl UNet2DConditionModel {
     /// validates every op and counts every allocation, weights included, without running.
     pub fn planned(ctx: &GpuContext, cfg: &UNetConfig, dtype: DType) -> Result<Self> {
         if !ctx.is_plan_only() {
-            return Err(Error::Invalid("UNet2DConditionModel::planned needs a planning context (plan_only)".into()));
+            return Err(Error::Invalid(
+                "UNet2DConditionModel::planned needs a planning context (plan_only)".into(),
+            ));
         }
         let mut l = WeightLoader::plan(ctx, dtype);
         let model = Self::build(cfg, &mut l);
@@ -356,7 +423,10 @@ impl UNet2DConditionModel {
         let bad = |m: String| Error::shape("unet", m);
         let s = x.sample.shape();
         if s.len() != 4 || s[1] != cfg.in_channels {
-            return Err(bad(format!("sample must be [B, {}, h, w], got {s:?}", cfg.in_channels)));
+            return Err(bad(format!(
+                "sample must be [B, {}, h, w], got {s:?}",
+                cfg.in_channels
+            )));
         }
         let (b, h, w) = (s[0], s[2], s[3]);
         let down = cfg.downsampling();
@@ -367,22 +437,46 @@ impl UNet2DConditionModel {
             )));
         }
         if x.timesteps.len() != b && x.timesteps.len() != 1 {
-            return Err(bad(format!("{} timesteps for batch {b} (give 1 or {b})", x.timesteps.len())));
+            return Err(bad(format!(
+                "{} timesteps for batch {b} (give 1 or {b})",
+                x.timesteps.len()
+            )));
         }
         let e = x.encoder_hidden_states.shape();
         if e.len() != 3 || e[0] != b || e[2] != cfg.cross_attention_dim {
-            return Err(bad(format!("encoder_hidden_states must be [{b}, L, {}], got {e:?}", cfg.cross_attention_dim)));
+            return Err(bad(format!(
+                "encoder_hidden_states must be [{b}, L, {}], got {e:?}",
+                cfg.cross_attention_dim
+            )));
         }
         let t = x.text_embeds.shape();
         if t != [b, cfg.text_embeds_dim()] {
-            return Err(bad(format!("text_embeds must be [{b}, {}], got {t:?}", cfg.text_embeds_dim())));
+            return Err(bad(format!(
+                "text_embeds must be [{b}, {}], got {t:?}",
+                cfg.text_embeds_dim()
+            )));
         }
         if x.time_ids.len() != b * 6 {
-            return Err(bad(format!("time_ids must hold [{b}, 6] = {} values, got {}", b * 6, x.time_ids.len())));
+            return Err(bad(format!(
+                "time_ids must hold [{b}, 6] = {} values, got {}",
+                b * 6,
+                x.time_ids.len()
+            )));
         }
-        for (name, t) in [("sample", x.sample), ("encoder_hidden_states", x.encoder_hidden_states), ("text_embeds", x.text_embeds)] {
+        for (name, t) in [
+            ("sample", x.sample),
+            ("encoder_hidden_states", x.encoder_hidden_states),
+            ("text_embeds", x.text_embeds),
+        ] {
             if t.dtype() != self.dtype {
-                return Err(Error::dtype("unet", format!("{name} is {} but the model computes in {}", t.dtype(), self.dtype)));
+                return Err(Error::dtype(
+                    "unet",
+                    format!(
+                        "{name} is {} but the model computes in {}",
+                        t.dtype(),
+                        self.dtype
+                    ),
+                ));
             }
         }
         Ok(b)
@@ -391,7 +485,11 @@ impl UNet2DConditionModel {
     /// `emb = time_embedding(t) + add_embedding([text_embeds, time_ids embedding])`, [B, T].
     fn embeddings(&self, ctx: &GpuContext, b: usize, x: &UNetInputs) -> Result<Tensor> {
         let cfg = &self.config;
-        let ts: Vec<f32> = if x.timesteps.len() == 1 { vec![x.timesteps[0]; b] } else { x.timesteps.to_vec() };
+        let ts: Vec<f32> = if x.timesteps.len() == 1 {
+            vec![x.timesteps[0]; b]
+        } else {
+            x.timesteps.to_vec()
+        };
         let sinus = |dim: usize| TimestepEmbedding {
             dim,
             flip_sin_to_cos: cfg.flip_sin_to_cos,
@@ -399,10 +497,12 @@ impl UNet2DConditionModel {
             max_period: 10000.0,
         };
         let t = Tensor::from_f32(ctx, &ts, &[b], DType::F32)?;
-        let t_emb = embedding::timestep_embedding(ctx, &t, &sinus(cfg.block_out_channels[0]), self.dtype)?;
+        let t_emb =
+            embedding::timestep_embedding(ctx, &t, &sinus(cfg.block_out_channels[0]), self.dtype)?;
         let ids = Tensor::from_f32(ctx, x.time_ids, &[b * 6], DType::F32)?;
         let d = cfg.addition_time_embed_dim;
-        let time_embeds = embedding::timestep_embedding(ctx, &ids, &sinus(d), self.dtype)?.reshape(&[b, 6 * d])?;
+        let time_embeds = embedding::timestep_embedding(ctx, &ids, &sinus(d), self.dtype)?
+            .reshape(&[b, 6 * d])?;
         let add_in = layout::concat(ctx, &[x.text_embeds, &time_embeds], 1)?;
         let aug = self.add_embedding.forward(ctx, &add_in, None)?;
         self.time_embedding.forward(ctx, &t_emb, Some(&aug))
@@ -434,7 +534,9 @@ impl UNet2DConditionModel {
         h = self.mid_block.resnets[1].forward(ctx, &h, &emb_silu)?;
         for block in &self.up_blocks {
             for (j, resnet) in block.resnets.iter().enumerate() {
-                let skip = skips.pop().expect("one skip per up resnet, by construction");
+                let skip = skips
+                    .pop()
+                    .expect("one skip per up resnet, by construction");
                 h = layout::concat(ctx, &[&h, &skip], 1)?;
                 h = resnet.forward(ctx, &h, &emb_silu)?;
                 if let Some(attn) = block.attentions.get(j) {

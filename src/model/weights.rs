@@ -26,15 +26,28 @@ pub struct SafetensorsFile {
 impl SafetensorsFile {
     /// Maps and parses `path`. A truncated or corrupt file is an error naming the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        let file = File::open(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         // SAFETY: the map is read-only; a file truncated by another process while mapped could
         // fault, as with any mmap reader (the same contract as safetensors' own loaders).
-        let mmap = unsafe { Mmap::map(&file) }
-            .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-        let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-            Error::Invalid(format!("{}: not a valid safetensors file ({e})", path.display()))
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
         })?;
-        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, data_start: 8 + n, meta })
+        let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            Error::Invalid(format!(
+                "{}: not a valid safetensors file ({e})",
+                path.display()
+            ))
+        })?;
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            mmap,
+            data_start: 8 + n,
+            meta,
+        })
     }
 
     /// Path of the file.
@@ -50,7 +63,11 @@ impl SafetensorsFile {
     fn bytes(&self, name: &str) -> Option<(Dtype, &[usize], &[u8])> {
         let info = self.meta.info(name)?;
         let (a, b) = info.data_offsets;
-        Some((info.dtype, &info.shape, &self.mmap[self.data_start + a..self.data_start + b]))
+        Some((
+            info.dtype,
+            &info.shape,
+            &self.mmap[self.data_start + a..self.data_start + b],
+        ))
     }
 }
 
@@ -75,12 +92,21 @@ impl WeightStore {
 
     /// Tensors of `files` renamed by `map` (keys it maps to `None` are not part of this store,
     /// e.g. the VAE's keys when loading a UNet from a single-file checkpoint).
-    pub fn from_files_mapped(files: Vec<SafetensorsFile>, map: impl Fn(&str) -> Option<String>) -> Result<Self> {
+    pub fn from_files_mapped(
+        files: Vec<SafetensorsFile>,
+        map: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
         let mut entries = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
             for key in f.names() {
                 if let Some(name) = map(&key) {
-                    if let Some(prev) = entries.insert(name.clone(), Location { file: i, key: key.clone() }) {
+                    if let Some(prev) = entries.insert(
+                        name.clone(),
+                        Location {
+                            file: i,
+                            key: key.clone(),
+                        },
+                    ) {
                         return Err(Error::Invalid(format!(
                             "tensor '{name}' appears twice: '{}' in {} and '{key}' in {}",
                             prev.key,
@@ -98,7 +124,11 @@ impl WeightStore {
     /// a sharded `<stem>.safetensors.index.json`). With both precisions present, `prefer_f16`
     /// picks the fp16 variant.
     pub fn open_diffusers(dir: &Path, stem: &str, prefer_f16: bool) -> Result<Self> {
-        let variants = if prefer_f16 { ["fp16.", ""] } else { ["", "fp16."] };
+        let variants = if prefer_f16 {
+            ["fp16.", ""]
+        } else {
+            ["", "fp16."]
+        };
         for v in variants {
             let single = dir.join(format!("{stem}.{v}safetensors"));
             if single.is_file() {
@@ -117,13 +147,19 @@ impl WeightStore {
 
     /// Opens the shards listed in a `*.safetensors.index.json` (`weight_map`: name -> file).
     pub fn open_sharded(index: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index)
-            .map_err(|source| Error::Io { path: index.display().to_string(), source })?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Invalid(format!("{}: invalid index json ({e})", index.display())))?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-            Error::Invalid(format!("{}: no 'weight_map' object", index.display()))
+        let text = std::fs::read_to_string(index).map_err(|source| Error::Io {
+            path: index.display().to_string(),
+            source,
         })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            Error::Invalid(format!("{}: invalid index json ({e})", index.display()))
+        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| {
+                Error::Invalid(format!("{}: no 'weight_map' object", index.display()))
+            })?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut shard_names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
         shard_names.sort();
@@ -133,7 +169,10 @@ impl WeightStore {
             .map(|s| SafetensorsFile::open(&dir.join(s)))
             .collect::<Result<Vec<_>>>()?;
         let store = Self::from_files(files)?;
-        let missing: Vec<&String> = map.keys().filter(|k| !store.entries.contains_key(*k)).collect();
+        let missing: Vec<&String> = map
+            .keys()
+            .filter(|k| !store.entries.contains_key(*k))
+            .collect();
         if !missing.is_empty() {
             return Err(Error::Invalid(format!(
                 "{}: {} tensors listed in the index are in none of the shards: {}",
@@ -158,15 +197,24 @@ impl WeightStore {
     /// Shape of a tensor.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         let loc = self.entries.get(name)?;
-        self.files[loc.file].bytes(&loc.key).map(|(_, s, _)| s.to_vec())
+        self.files[loc.file]
+            .bytes(&loc.key)
+            .map(|(_, s, _)| s.to_vec())
     }
 
     /// Reads a tensor as f32 on the host.
     pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let loc = self.entries.get(name).ok_or_else(|| Error::Invalid(format!("missing tensor '{name}'")))?;
+        let loc = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::Invalid(format!("missing tensor '{name}'")))?;
         let f = &self.files[loc.file];
         let (dt, shape, bytes) = f.bytes(&loc.key).expect("entries point at existing keys");
-        Ok((shape.to_vec(), to_f32(dt, bytes).map_err(|e| Error::Invalid(format!("{}: '{}': {e}", f.path.display(), loc.key)))?))
+        Ok((
+            shape.to_vec(),
+            to_f32(dt, bytes)
+                .map_err(|e| Error::Invalid(format!("{}: '{}': {e}", f.path.display(), loc.key)))?,
+        ))
     }
 
     fn upload(&self, ctx: &GpuContext, name: &str, dtype: DType) -> Result<Tensor> {
@@ -179,7 +227,9 @@ impl WeightStore {
                 let h: Vec<f16> = bytemuck::pod_collect_to_vec(bytes);
                 Tensor::from_f16(ctx, &h, shape)
             }
-            (_, DType::F16 | DType::F32) => Tensor::from_f32(ctx, &to_f32(dt, bytes).map_err(what)?, shape, dtype),
+            (_, DType::F16 | DType::F32) => {
+                Tensor::from_f32(ctx, &to_f32(dt, bytes).map_err(what)?, shape, dtype)
+            }
             (_, DType::U32) => Err(Error::Invalid("weights are uploaded as f32 or f16".into())),
         }
     }
@@ -188,9 +238,19 @@ impl WeightStore {
 fn to_f32(dt: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
     Ok(match dt {
         Dtype::F32 => bytemuck::pod_collect_to_vec(bytes),
-        Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, f16>(bytes).iter().map(|x| x.to_f32()).collect(),
-        Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(bytes).iter().map(|x| x.to_f32()).collect(),
-        other => return Err(format!("dtype {other:?} is not a float weight type (expected F32, F16 or BF16)")),
+        Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, f16>(bytes)
+            .iter()
+            .map(|x| x.to_f32())
+            .collect(),
+        Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(bytes)
+            .iter()
+            .map(|x| x.to_f32())
+            .collect(),
+        other => {
+            return Err(format!(
+                "dtype {other:?} is not a float weight type (expected F32, F16 or BF16)"
+            ))
+        }
     })
 }
 
@@ -310,10 +370,14 @@ impl<'a> WeightLoader<'a> {
             v
         };
         if strip(&have) != strip(shape) {
-            self.wrong_shape.push(format!("{name}: file has {have:?}, model needs {shape:?}"));
+            self.wrong_shape
+                .push(format!("{name}: file has {have:?}, model needs {shape:?}"));
             return self.placeholder(shape);
         }
-        match store.upload(self.ctx, name, self.dtype).and_then(|t| t.reshape(shape)) {
+        match store
+            .upload(self.ctx, name, self.dtype)
+            .and_then(|t| t.reshape(shape))
+        {
             Ok(t) => t,
             Err(e) => {
                 self.failed = Some(e);
@@ -337,13 +401,25 @@ impl<'a> WeightLoader<'a> {
         }
         let mut msg = String::from("the weights do not match the model:");
         if !self.missing.is_empty() {
-            msg += &format!("\n  missing ({}): {}", self.missing.len(), list(self.missing.iter().map(|s| s.as_str())));
+            msg += &format!(
+                "\n  missing ({}): {}",
+                self.missing.len(),
+                list(self.missing.iter().map(|s| s.as_str()))
+            );
         }
         if !self.wrong_shape.is_empty() {
-            msg += &format!("\n  wrong shape ({}): {}", self.wrong_shape.len(), list(self.wrong_shape.iter().map(|s| s.as_str())));
+            msg += &format!(
+                "\n  wrong shape ({}): {}",
+                self.wrong_shape.len(),
+                list(self.wrong_shape.iter().map(|s| s.as_str()))
+            );
         }
         if !unexpected.is_empty() {
-            msg += &format!("\n  unexpected ({}): {}", unexpected.len(), list(unexpected.into_iter()));
+            msg += &format!(
+                "\n  unexpected ({}): {}",
+                unexpected.len(),
+                list(unexpected.into_iter())
+            );
         }
         Err(Error::Invalid(msg))
     }
@@ -352,5 +428,8 @@ impl<'a> WeightLoader<'a> {
 /// Reads a whole safetensors file into host f32 tensors (inputs and references, small files).
 pub fn read_all_f32(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
     let store = WeightStore::from_files(vec![SafetensorsFile::open(path)?])?;
-    store.names().map(|n| Ok((n.to_string(), store.read_f32(n)?))).collect()
+    store
+        .names()
+        .map(|n| Ok((n.to_string(), store.read_f32(n)?)))
+        .collect()
 }

@@ -52,8 +52,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -83,10 +91,20 @@ pub fn binary(ctx: &GpuContext, a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<
     const OP: &str = "elementwise";
     let dtype = float_dtype(OP, &[("a", a), ("b", b)])?;
     let shape = broadcast_shape(a.shape(), b.shape()).ok_or_else(|| {
-        Error::shape(OP, format!("shapes {:?} and {:?} do not broadcast", a.shape(), b.shape()))
+        Error::shape(
+            OP,
+            format!(
+                "shapes {:?} and {:?} do not broadcast",
+                a.shape(),
+                b.shape()
+            ),
+        )
     })?;
     if shape.len() > MAX_RANK {
-        return Err(Error::shape(OP, format!("rank {} above {MAX_RANK}", shape.len())));
+        return Err(Error::shape(
+            OP,
+            format!("rank {} above {MAX_RANK}", shape.len()),
+        ));
     }
     let out = Tensor::empty(ctx, &shape, dtype)?;
     let mut padded = [1u32; MAX_RANK];
@@ -135,7 +153,12 @@ pub fn scale(ctx: &GpuContext, x: &Tensor, scale: f32, bias: f32) -> Result<Tens
     let dtype = float_dtype(OP, &[("x", x)])?;
     let out = Tensor::empty(ctx, x.shape(), dtype)?;
     let n = x.numel();
-    let params = ScaleParams { n: dim32(OP, n)?, scale, bias, _pad: 0 };
+    let params = ScaleParams {
+        n: dim32(OP, n)?,
+        scale,
+        bias,
+        _pad: 0,
+    };
     ctx.dispatch(
         OP,
         &SCALE,
@@ -148,7 +171,13 @@ pub fn scale(ctx: &GpuContext, x: &Tensor, scale: f32, bias: f32) -> Result<Tens
 }
 
 /// CPU reference of [`binary`].
-pub fn cpu_binary(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], op: BinaryOp) -> Vec<f32> {
+pub fn cpu_binary(
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+    op: BinaryOp,
+) -> Vec<f32> {
     let shape = broadcast_shape(a_shape, b_shape).expect("shapes broadcast");
     let n: usize = shape.iter().product();
     let sa = broadcast_strides(a_shape, shape.len());

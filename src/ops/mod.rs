@@ -43,7 +43,10 @@ pub(crate) fn float_dtype(op: &'static str, tensors: &[(&str, &Tensor)]) -> Resu
     let first = tensors[0].1.dtype();
     for (name, t) in tensors {
         if !t.dtype().is_float() {
-            return Err(Error::dtype(op, format!("'{name}' is {}, expected f32 or f16", t.dtype())));
+            return Err(Error::dtype(
+                op,
+                format!("'{name}' is {}, expected f32 or f16", t.dtype()),
+            ));
         }
         if t.dtype() != first {
             return Err(Error::dtype(

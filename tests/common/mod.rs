@@ -63,7 +63,13 @@ pub fn tol(dtype: DType) -> f32 {
 /// Asserts max|got - want| <= rel * max|want| (with a floor of 1e-6 on max|want|); returns the
 /// measured max|got - want| / max|want|.
 pub fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) -> f32 {
-    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
     let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     let mut worst = (0usize, 0f32);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
