@@ -22,6 +22,7 @@ pub mod gpu;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod pipeline;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! The text-to-image pipeline: scheduler, guidance and generation.
+
+pub mod scheduler;
