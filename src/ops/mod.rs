@@ -17,6 +17,7 @@ pub mod conv2d;
 pub mod elementwise;
 pub mod embedding;
 pub mod gather;
+pub mod guidance;
 pub mod layout;
 pub mod matmul;
 pub mod norm;
@@ -31,6 +32,7 @@ pub fn shader_families() -> Vec<&'static ShaderFamily> {
         &elementwise::SHADER,
         &embedding::SHADER,
         &gather::SHADER,
+        &guidance::SHADER,
         &layout::SHADER,
         &matmul::SHADER,
         &norm::SHADER,
