@@ -321,6 +321,14 @@ impl<'a> WeightLoader<'a> {
         self.dtype
     }
 
+    /// Marks every tensor under `prefix` as deliberately unused (e.g. the VAE encoder when only
+    /// decoding), so [`finish`](WeightLoader::finish) does not report them as unexpected.
+    pub fn ignore_prefix(&mut self, prefix: &str) {
+        if let Some(store) = self.store {
+            self.used.extend(store.names().filter(|n| n.starts_with(prefix)).map(String::from));
+        }
+    }
+
     fn placeholder(&mut self, shape: &[usize]) -> Tensor {
         if self.placeholder.is_none() {
             match Tensor::empty(self.ctx, &[1], self.dtype) {

@@ -1,0 +1,224 @@
+//! CLIP text encoders as transformers defines them (`CLIPTextModel` for CLIP-L,
+//! `CLIPTextModelWithProjection` for OpenCLIP bigG): pre-LN transformer with causal attention.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::model::nn::{LayerNorm, Linear};
+use crate::model::weights::WeightLoader;
+use crate::ops::activation::{self, Activation};
+use crate::ops::attention::{self, AttentionOptions};
+use crate::ops::{elementwise, gather};
+use crate::tensor::Tensor;
+
+/// `CLIPTextConfig` fields we use (transformers' `config.json`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ClipTextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Width of `text_projection` (with-projection models only).
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+impl ClipTextConfig {
+    /// SD-XL's `text_encoder` (OpenAI CLIP ViT-L/14 text tower).
+    pub fn clip_l() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            projection_dim: None,
+        }
+    }
+
+    /// SD-XL's `text_encoder_2` (OpenCLIP ViT-bigG/14 text tower, with projection).
+    pub fn open_clip_big_g() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 1280,
+            intermediate_size: 5120,
+            num_hidden_layers: 32,
+            num_attention_heads: 20,
+            max_position_embeddings: 77,
+            hidden_act: "gelu".into(),
+            layer_norm_eps: 1e-5,
+            projection_dim: Some(1280),
+        }
+    }
+
+    /// Reads `config.json` (a file or a folder holding one) and validates it.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io { path: file.display().to_string(), source })?;
+        let cfg: ClipTextConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: not a CLIP text config ({e})", file.display())))?;
+        cfg.activation()?;
+        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(Error::Invalid(format!(
+                "{}: hidden_size {} is not divisible by num_attention_heads {}",
+                file.display(),
+                cfg.hidden_size,
+                cfg.num_attention_heads
+            )));
+        }
+        Ok(cfg)
+    }
+
+    fn activation(&self) -> Result<Activation> {
+        match self.hidden_act.as_str() {
+            "quick_gelu" => Ok(Activation::QuickGelu),
+            "gelu" => Ok(Activation::Gelu),
+            other => Err(Error::Invalid(format!("unsupported CLIP config: 'hidden_act' is \"{other}\"; atedm supports quick_gelu and gelu"))),
+        }
+    }
+}
+
+/// `CLIPEncoderLayer`.
+pub struct ClipEncoderLayer {
+    pub layer_norm1: LayerNorm,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub layer_norm2: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl ClipEncoderLayer {
+    fn load(l: &mut WeightLoader, p: &str, c: &ClipTextConfig) -> Self {
+        let (d, eps) = (c.hidden_size, c.layer_norm_eps as f32);
+        ClipEncoderLayer {
+            layer_norm1: LayerNorm::load(l, &format!("{p}.layer_norm1"), d, eps),
+            q_proj: Linear::load(l, &format!("{p}.self_attn.q_proj"), d, d, true),
+            k_proj: Linear::load(l, &format!("{p}.self_attn.k_proj"), d, d, true),
+            v_proj: Linear::load(l, &format!("{p}.self_attn.v_proj"), d, d, true),
+            out_proj: Linear::load(l, &format!("{p}.self_attn.out_proj"), d, d, true),
+            layer_norm2: LayerNorm::load(l, &format!("{p}.layer_norm2"), d, eps),
+            fc1: Linear::load(l, &format!("{p}.mlp.fc1"), d, c.intermediate_size, true),
+            fc2: Linear::load(l, &format!("{p}.mlp.fc2"), c.intermediate_size, d, true),
+        }
+    }
+
+    fn forward(&self, ctx: &GpuContext, h: &Tensor, heads: usize, act: Activation) -> Result<Tensor> {
+        let x = self.layer_norm1.forward(ctx, h)?;
+        let q = self.q_proj.forward(ctx, &x, None)?;
+        let k = self.k_proj.forward(ctx, &x, None)?;
+        let v = self.v_proj.forward(ctx, &x, None)?;
+        let o = attention::attention(ctx, &q, &k, &v, &AttentionOptions { heads, scale: None, causal: true })?;
+        let h = self.out_proj.forward(ctx, &o, Some(h))?;
+        let x = self.layer_norm2.forward(ctx, &h)?;
+        let f = activation::activation(ctx, &self.fc1.forward(ctx, &x, None)?, act)?;
+        self.fc2.forward(ctx, &f, Some(&h))
+    }
+}
+
+/// What SD-XL takes from a text encoder.
+pub struct ClipOutput {
+    /// `hidden_states[-2]`: the output of the penultimate layer, before the final layer norm,
+    /// `[B, L, C]`.
+    pub penultimate: Tensor,
+    /// Final-layer-normed hidden state at the first EOS token, projected: `[B, projection_dim]`
+    /// (with-projection models when asked).
+    pub pooled: Option<Tensor>,
+}
+
+/// `CLIPTextModel` / `CLIPTextModelWithProjection`.
+pub struct ClipTextModel {
+    pub config: ClipTextConfig,
+    pub token_embedding: Tensor,
+    pub position_embedding: Tensor,
+    pub layers: Vec<ClipEncoderLayer>,
+    pub final_layer_norm: LayerNorm,
+    pub text_projection: Option<Linear>,
+    act: Activation,
+}
+
+impl ClipTextModel {
+    /// Builds the model from `l` (transformers names). Check `l.finish()` before use.
+    pub fn build(cfg: &ClipTextConfig, l: &mut WeightLoader) -> Result<Self> {
+        let act = cfg.activation()?;
+        let d = cfg.hidden_size;
+        Ok(ClipTextModel {
+            token_embedding: l.get("text_model.embeddings.token_embedding.weight", &[cfg.vocab_size, d]),
+            position_embedding: l.get("text_model.embeddings.position_embedding.weight", &[cfg.max_position_embeddings, d]),
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| ClipEncoderLayer::load(l, &format!("text_model.encoder.layers.{i}"), cfg))
+                .collect(),
+            final_layer_norm: LayerNorm::load(l, "text_model.final_layer_norm", d, cfg.layer_norm_eps as f32),
+            text_projection: cfg.projection_dim.map(|p| Linear::load(l, "text_projection", d, p, false)),
+            config: cfg.clone(),
+            act,
+        })
+    }
+
+    /// Encodes token ids `[B, L]` (row-major). `pooled`: also compute the pooled projection
+    /// (skipped work otherwise: the last layer only feeds it).
+    pub fn forward(&self, ctx: &GpuContext, ids: &[u32], batch: usize, pooled: bool) -> Result<ClipOutput> {
+        let cfg = &self.config;
+        let d = cfg.hidden_size;
+        if batch == 0 || ids.len() % batch != 0 {
+            return Err(Error::shape("clip", format!("{} token ids for batch {batch}", ids.len())));
+        }
+        let len = ids.len() / batch;
+        if len == 0 || len > cfg.max_position_embeddings {
+            return Err(Error::shape("clip", format!("sequence length {len} outside 1..={}", cfg.max_position_embeddings)));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= cfg.vocab_size) {
+            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary ({} entries)", cfg.vocab_size)));
+        }
+        let idx = Tensor::from_u32(ctx, ids, &[1, batch * len])?;
+        let tok = gather::gather_rows(ctx, &self.token_embedding.reshape(&[1, cfg.vocab_size, d])?, &idx)?;
+        let pos_idx: Vec<u32> = (0..len as u32).collect();
+        let pos = gather::gather_rows(
+            ctx,
+            &self.position_embedding.reshape(&[1, cfg.max_position_embeddings, d])?,
+            &Tensor::from_u32(ctx, &pos_idx, &[1, len])?,
+        )?;
+        let mut h = elementwise::add(ctx, &tok.reshape(&[batch, len, d])?, &pos)?;
+        let n = self.layers.len();
+        let heads = cfg.num_attention_heads;
+        for layer in &self.layers[..n - 1] {
+            h = layer.forward(ctx, &h, heads, self.act)?;
+        }
+        let penultimate = h.clone();
+        let pooled = match (&self.text_projection, pooled) {
+            (Some(proj), true) => {
+                let last = self.layers[n - 1].forward(ctx, &h, heads, self.act)?;
+                let normed = self.final_layer_norm.forward(ctx, &last)?;
+                // The first occurrence of the highest id (EOS = 49407), as transformers' argmax.
+                let eos: Vec<u32> = ids
+                    .chunks(len)
+                    .map(|row| {
+                        let max = *row.iter().max().expect("len > 0");
+                        row.iter().position(|&t| t == max).expect("max is in the row") as u32
+                    })
+                    .collect();
+                let rows = gather::gather_rows(ctx, &normed, &Tensor::from_u32(ctx, &eos, &[batch, 1])?)?;
+                Some(proj.forward(ctx, &rows.reshape(&[batch, d])?, None)?)
+            }
+            _ => None,
+        };
+        Ok(ClipOutput { penultimate, pooled })
+    }
+}

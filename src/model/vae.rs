@@ -1,0 +1,281 @@
+//! `AutoencoderKL` decoder (the decode path of SD-XL's VAE), diffusers module names.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::model::nn::{Conv2d, GroupNorm, Linear};
+use crate::model::weights::WeightLoader;
+use crate::ops::attention::{self, AttentionOptions, MAX_HEAD_DIM};
+use crate::ops::{elementwise, layout, matmul, softmax};
+use crate::tensor::Tensor;
+
+/// `AutoencoderKL` config fields the decoder needs.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct VaeConfig {
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "d_layers")]
+    pub layers_per_block: usize,
+    #[serde(default = "d_latent")]
+    pub latent_channels: usize,
+    #[serde(default = "d_out")]
+    pub out_channels: usize,
+    #[serde(default = "d_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "d_scaling")]
+    pub scaling_factor: f32,
+    #[serde(default)]
+    pub shift_factor: Option<f32>,
+    #[serde(default)]
+    pub up_block_types: Option<Vec<String>>,
+    #[serde(default = "d_true")]
+    pub mid_block_add_attention: bool,
+    #[serde(default = "d_true")]
+    pub use_post_quant_conv: bool,
+    #[serde(default = "d_true")]
+    pub force_upcast: bool,
+}
+
+fn d_layers() -> usize {
+    1
+}
+fn d_latent() -> usize {
+    4
+}
+fn d_out() -> usize {
+    3
+}
+fn d_groups() -> usize {
+    32
+}
+fn d_scaling() -> f32 {
+    0.18215
+}
+fn d_true() -> bool {
+    true
+}
+
+impl VaeConfig {
+    /// SD-XL base's VAE.
+    pub fn sdxl() -> Self {
+        VaeConfig {
+            block_out_channels: vec![128, 256, 512, 512],
+            layers_per_block: 2,
+            latent_channels: 4,
+            out_channels: 3,
+            norm_num_groups: 32,
+            scaling_factor: 0.13025,
+            shift_factor: None,
+            up_block_types: None,
+            mid_block_add_attention: true,
+            use_post_quant_conv: true,
+            force_upcast: true,
+        }
+    }
+
+    /// Reads and validates `config.json` (a file or a folder holding one).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io { path: file.display().to_string(), source })?;
+        let cfg: VaeConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: not an AutoencoderKL config ({e})", file.display())))?;
+        if let Some(types) = &cfg.up_block_types {
+            if let Some(t) = types.iter().find(|t| t.as_str() != "UpDecoderBlock2D") {
+                return Err(Error::Invalid(format!("{}: unsupported 'up_block_types' entry \"{t}\"", file.display())));
+            }
+        }
+        if cfg.shift_factor.is_some_and(|s| s != 0.0) {
+            return Err(Error::Invalid(format!("{}: unsupported 'shift_factor' (SD-XL's VAE has none)", file.display())));
+        }
+        if cfg.block_out_channels.iter().any(|c| c % cfg.norm_num_groups != 0) {
+            return Err(Error::Invalid(format!("{}: block_out_channels not divisible by norm_num_groups", file.display())));
+        }
+        Ok(cfg)
+    }
+
+    /// Spatial upsampling of the decoder (8 for SD-XL).
+    pub fn upsampling(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+/// Decoder `ResnetBlock2D` (no time embedding).
+pub struct VaeResnet {
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    pub conv_shortcut: Option<Conv2d>,
+}
+
+impl VaeResnet {
+    fn load(l: &mut WeightLoader, p: &str, groups: usize, inp: usize, out: usize) -> Self {
+        VaeResnet {
+            norm1: GroupNorm::load(l, &format!("{p}.norm1"), inp, groups, 1e-6),
+            conv1: Conv2d::load(l, &format!("{p}.conv1"), inp, out, 3, 1, 1),
+            norm2: GroupNorm::load(l, &format!("{p}.norm2"), out, groups, 1e-6),
+            conv2: Conv2d::load(l, &format!("{p}.conv2"), out, out, 3, 1, 1),
+            conv_shortcut: (inp != out).then(|| Conv2d::load(l, &format!("{p}.conv_shortcut"), inp, out, 1, 1, 0)),
+        }
+    }
+
+    fn forward(&self, ctx: &GpuContext, x: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(ctx, &self.norm1.forward(ctx, x, true)?, None)?;
+        let h = self.norm2.forward(ctx, &h, true)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(c) => c.forward(ctx, x, None)?,
+            None => x.clone(),
+        };
+        self.conv2.forward(ctx, &h, Some(&shortcut))
+    }
+}
+
+/// The mid block's single-head self-attention over all pixels.
+pub struct VaeAttention {
+    pub group_norm: GroupNorm,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+}
+
+/// Queries per chunk of the explicit (large head dim) attention path.
+const QUERY_CHUNK: usize = 1024;
+
+impl VaeAttention {
+    fn load(l: &mut WeightLoader, p: &str, groups: usize, c: usize) -> Self {
+        VaeAttention {
+            group_norm: GroupNorm::load(l, &format!("{p}.group_norm"), c, groups, 1e-6),
+            to_q: Linear::load(l, &format!("{p}.to_q"), c, c, true),
+            to_k: Linear::load(l, &format!("{p}.to_k"), c, c, true),
+            to_v: Linear::load(l, &format!("{p}.to_v"), c, c, true),
+            to_out: Linear::load(l, &format!("{p}.to_out.0"), c, c, true),
+        }
+    }
+
+    fn forward(&self, ctx: &GpuContext, x: &Tensor) -> Result<Tensor> {
+        let s = x.shape();
+        let (b, c, hw) = (s[0], s[1], s[2] * s[3]);
+        let h = self.group_norm.forward(ctx, x, false)?;
+        let h = layout::transpose_last2(ctx, &h.reshape(&[b, c, hw])?)?;
+        let q = self.to_q.forward(ctx, &h, None)?;
+        let k = self.to_k.forward(ctx, &h, None)?;
+        let v = self.to_v.forward(ctx, &h, None)?;
+        let o = if c <= MAX_HEAD_DIM {
+            attention::attention(ctx, &q, &k, &v, &AttentionOptions { heads: 1, scale: None, causal: false })?
+        } else {
+            explicit_attention(ctx, &q, &k, &v)?
+        };
+        let o = self.to_out.forward(ctx, &o, None)?;
+        let o = layout::transpose_last2(ctx, &o)?.reshape(s)?;
+        elementwise::add(ctx, &o, x)
+    }
+}
+
+/// Single-head attention for head widths above the fused kernel's limit (SD-XL's VAE: 512):
+/// softmax(Q K^T / sqrt(d)) V with explicit scores, over chunks of queries so the score
+/// matrix stays within the adapter's binding limit.
+fn explicit_attention(ctx: &GpuContext, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, n, d) = (q.shape()[0], q.shape()[1], q.shape()[2]);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(QUERY_CHUNK) {
+        let len = QUERY_CHUNK.min(n - start);
+        let qc = if len == n {
+            q.clone()
+        } else {
+            let idx: Vec<u32> = (0..b).flat_map(|_| (start..start + len).map(|i| i as u32)).collect();
+            crate::ops::gather::gather_rows(ctx, q, &Tensor::from_u32(ctx, &idx, &[b, len])?)?
+        };
+        let scores = matmul::matmul(ctx, &qc, k, &matmul::MatmulOptions { trans_b: true, ..Default::default() })?;
+        let probs = softmax::softmax(ctx, &scores, scale)?;
+        parts.push(matmul::matmul(ctx, &probs, v, &Default::default())?);
+    }
+    if parts.len() == 1 {
+        return Ok(parts.pop().expect("one part"));
+    }
+    layout::concat(ctx, &parts.iter().collect::<Vec<_>>(), 1)
+}
+
+/// `AutoencoderKL`'s decode path: `post_quant_conv` and the `Decoder`.
+pub struct VaeDecoder {
+    pub config: VaeConfig,
+    pub post_quant_conv: Option<Conv2d>,
+    pub conv_in: Conv2d,
+    pub mid_resnets: [VaeResnet; 2],
+    pub mid_attention: Option<VaeAttention>,
+    pub up_blocks: Vec<(Vec<VaeResnet>, Option<Conv2d>)>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+}
+
+impl VaeDecoder {
+    /// Builds the decoder from `l` (diffusers names); the encoder's tensors are not loaded
+    /// (mark them with [`WeightLoader::ignore_prefix`]). Check `l.finish()` before use.
+    pub fn build(cfg: &VaeConfig, l: &mut WeightLoader) -> Self {
+        let ch = &cfg.block_out_channels;
+        let g = cfg.norm_num_groups;
+        let top = *ch.last().expect("at least one block");
+        let lat = cfg.latent_channels;
+        let post_quant_conv = cfg.use_post_quant_conv.then(|| Conv2d::load(l, "post_quant_conv", lat, lat, 1, 1, 0));
+        let conv_in = Conv2d::load(l, "decoder.conv_in", lat, top, 3, 1, 1);
+        let mid_resnets = [
+            VaeResnet::load(l, "decoder.mid_block.resnets.0", g, top, top),
+            VaeResnet::load(l, "decoder.mid_block.resnets.1", g, top, top),
+        ];
+        let mid_attention = cfg.mid_block_add_attention.then(|| VaeAttention::load(l, "decoder.mid_block.attentions.0", g, top));
+        let mut up_blocks = Vec::new();
+        let mut prev = top;
+        for i in 0..ch.len() {
+            let out = ch[ch.len() - 1 - i];
+            let resnets = (0..cfg.layers_per_block + 1)
+                .map(|j| VaeResnet::load(l, &format!("decoder.up_blocks.{i}.resnets.{j}"), g, if j == 0 { prev } else { out }, out))
+                .collect();
+            let up = (i + 1 < ch.len()).then(|| Conv2d::load(l, &format!("decoder.up_blocks.{i}.upsamplers.0.conv"), out, out, 3, 1, 1));
+            up_blocks.push((resnets, up));
+            prev = out;
+        }
+        VaeDecoder {
+            config: cfg.clone(),
+            post_quant_conv,
+            conv_in,
+            mid_resnets,
+            mid_attention,
+            up_blocks,
+            conv_norm_out: GroupNorm::load(l, "decoder.conv_norm_out", ch[0], g, 1e-6),
+            conv_out: Conv2d::load(l, "decoder.conv_out", ch[0], cfg.out_channels, 3, 1, 1),
+        }
+    }
+
+    /// Decodes latents `[B, latent_channels, h, w]` (as the denoiser produces them, before the
+    /// division by the scaling factor) to images `[B, 3, 8h, 8w]` in about -1..1 (unclamped).
+    pub fn decode(&self, ctx: &GpuContext, latents: &Tensor) -> Result<Tensor> {
+        let s = latents.shape();
+        if s.len() != 4 || s[1] != self.config.latent_channels {
+            return Err(Error::shape("vae", format!("latents must be [B, {}, h, w], got {s:?}", self.config.latent_channels)));
+        }
+        let z = elementwise::scale(ctx, latents, 1.0 / self.config.scaling_factor, 0.0)?;
+        let z = match &self.post_quant_conv {
+            Some(c) => c.forward(ctx, &z, None)?,
+            None => z,
+        };
+        let mut h = self.conv_in.forward(ctx, &z, None)?;
+        h = self.mid_resnets[0].forward(ctx, &h)?;
+        if let Some(a) = &self.mid_attention {
+            h = a.forward(ctx, &h)?;
+        }
+        h = self.mid_resnets[1].forward(ctx, &h)?;
+        for (resnets, up) in &self.up_blocks {
+            for r in resnets {
+                h = r.forward(ctx, &h)?;
+            }
+            if let Some(conv) = up {
+                h = conv.forward(ctx, &layout::upsample_nearest2x(ctx, &h)?, None)?;
+            }
+        }
+        let h = self.conv_norm_out.forward(ctx, &h, true)?;
+        self.conv_out.forward(ctx, &h, None)
+    }
+}
