@@ -581,6 +581,33 @@ def check_tokenizer_folder(folder, ref_tok, pad_token):
     return tok
 
 
+TOKENIZER_TEXTS = [
+    PROMPT,
+    NEGATIVE,
+    "",
+    "!!",
+    "Hello!! world?! (wow)",
+    "a red cube!",
+    "  Multiple   spaces,\ttabs\nand newlines  ",
+    "naïve café, ÉCOLE, 東京, emoji 🙂",
+    "it's 1234 isn't we'll they're",
+    "<|endoftext|> inside <|startoftext|>",
+    "word " * 80,  # truncated to 75 tokens + EOS
+]
+
+
+def tokenizer_cases(tok1, tok2):
+    """Token ids (padded to 77 as the pipeline does) for tricky strings from both tokenizers."""
+    cases = []
+    for text in TOKENIZER_TEXTS:
+        row = {"text": text}
+        for name, tok in (("tokenizer", tok1), ("tokenizer_2", tok2)):
+            row[name] = tok(text, padding="max_length", max_length=77, truncation=True).input_ids
+            assert len(row[name]) == 77
+        cases.append(row)
+    return cases
+
+
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
@@ -668,6 +695,11 @@ def main():
     pipe_sf.set_progress_bar_config(disable=True)
     same_pipes(pipe, pipe_sf, "from_single_file")
     assert pipe_sf.tokenizer_2.pad_token == "!"
+
+    # --- tokenizer cases (from the reloaded pipeline's tokenizers) -------------
+    with open(os.path.join(OUT_ROOT, "tokens.json"), "w", encoding="utf-8", newline="\n") as f:
+        json.dump(tokenizer_cases(pipe.tokenizer, pipe.tokenizer_2), f, ensure_ascii=False)
+        f.write("\n")
 
     # --- reference runs ---------------------------------------------------
     latents = initial_latents()

@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::gpu::{ContextOptions, GpuContext};
 
 pub mod bench_ops;
+pub mod generate;
 pub mod unet_eval;
 
 /// Adapter selection flags shared by every subcommand that uses the GPU.
@@ -52,6 +53,8 @@ pub enum Command {
     },
     /// Kernel throughput report (GFLOP/s of matmul, conv and attention) on the current adapter.
     BenchOps(bench_ops::BenchOpsArgs),
+    /// Generate an image from a prompt (a diffusers SD-XL pipeline folder).
+    Generate(generate::GenerateArgs),
     /// One UNet forward on inputs from a safetensors file (compare with diffusers).
     UnetEval(unet_eval::UNetEvalArgs),
 }
@@ -74,6 +77,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::BenchOps(args) => bench_ops::run(&cli.gpu.context()?, &args),
+        Command::Generate(args) => generate::run(&cli.gpu.context()?, &args),
         Command::UnetEval(args) => unet_eval::run(&cli.gpu.context()?, &args),
     }
 }

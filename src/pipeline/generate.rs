@@ -1,0 +1,361 @@
+//! SD-XL text-to-image: load a pipeline once, generate many images.
+//!
+//! Prompt -> both CLIP tokenizers and text encoders -> Euler denoising with classifier-free
+//! guidance (batch [uncond, cond], one UNet forward per step) -> VAE decode, all on the GPU;
+//! the only host round trips are the token ids going in and the results coming out.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::model::clip::{ClipTextConfig, ClipTextModel};
+use crate::model::load::load_unet;
+use crate::model::tokenizer::{ClipTokenizer, Padding};
+use crate::model::unet::{UNet2DConditionModel, UNetInputs};
+use crate::model::vae::{VaeConfig, VaeDecoder};
+use crate::model::weights::{WeightLoader, WeightStore};
+use crate::ops::{elementwise, guidance, layout};
+use crate::pipeline::scheduler::{EulerConfig, EulerSchedule};
+use crate::tensor::{DType, Tensor};
+
+/// How to load a pipeline.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Compute dtype of the text encoders and the UNet.
+    pub dtype: DType,
+    /// Compute dtype of the VAE decoder. `None`: f32 when the VAE config asks for upcasting
+    /// (`force_upcast`, the stock SD-XL VAE, which overflows in f16), else `dtype`.
+    pub vae_dtype: Option<DType>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { dtype: DType::F16, vae_dtype: None }
+    }
+}
+
+/// One image request.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// `None` or empty: zero embeddings (diffusers' `force_zeros_for_empty_prompt`).
+    pub negative_prompt: Option<String>,
+    pub steps: usize,
+    pub guidance: f32,
+    pub guidance_rescale: f32,
+    pub width: usize,
+    pub height: usize,
+    pub seed: u64,
+    /// Initial noise `[1, 4, H/8, W/8]` before scaling by the scheduler's `init_noise_sigma`;
+    /// `None`: drawn from a standard normal with `seed`.
+    pub latents: Option<Vec<f32>>,
+}
+
+impl Default for GenerateRequest {
+    /// diffusers' SD-XL defaults: 50 steps, guidance 5.0, 1024x1024.
+    fn default() -> Self {
+        GenerateRequest {
+            prompt: String::new(),
+            negative_prompt: None,
+            steps: 50,
+            guidance: 5.0,
+            guidance_rescale: 0.0,
+            width: 1024,
+            height: 1024,
+            seed: 0,
+            latents: None,
+        }
+    }
+}
+
+/// Text conditioning of one prompt pair (host copies, for inspection and saving).
+pub struct PromptEmbeds {
+    pub prompt_embeds: Tensor,
+    pub negative_prompt_embeds: Tensor,
+    pub pooled_prompt_embeds: Tensor,
+    pub negative_pooled_prompt_embeds: Tensor,
+    /// Whether either prompt was cut to 75 tokens.
+    pub truncated: bool,
+}
+
+/// A generated image and what led to it.
+pub struct GenerateOutput {
+    pub embeds: PromptEmbeds,
+    /// Final latents (before the division by the VAE scaling factor), of shape `latent_shape`.
+    pub latents_final: Vec<f32>,
+    /// `[1, 4, H/8, W/8]` for SD-XL.
+    pub latent_shape: [usize; 4],
+    /// Decoded image `[1, 3, H, W]`, about -1..1, not clamped.
+    pub image: Vec<f32>,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl GenerateOutput {
+    /// RGB8 pixels, row-major (`clamp(x / 2 + 0.5, 0, 1) * 255`, rounded).
+    pub fn rgb8(&self) -> Vec<u8> {
+        let plane = self.width * self.height;
+        let mut out = Vec::with_capacity(plane * 3);
+        for p in 0..plane {
+            for c in 0..3 {
+                let v = (self.image[c * plane + p] * 0.5 + 0.5).clamp(0.0, 1.0);
+                out.push((v * 255.0).round() as u8);
+            }
+        }
+        out
+    }
+}
+
+/// A loaded SD-XL pipeline.
+pub struct SdxlPipeline {
+    pub tokenizer: ClipTokenizer,
+    pub tokenizer_2: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub text_encoder_2: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub vae: VaeDecoder,
+    pub scheduler: EulerConfig,
+    pub dtype: DType,
+    pub vae_dtype: DType,
+}
+
+fn part(root: &Path, name: &str) -> Result<PathBuf> {
+    let p = root.join(name);
+    if p.is_dir() {
+        Ok(p)
+    } else {
+        Err(Error::Invalid(format!("{}: missing model part '{name}/' (expected a diffusers SD-XL pipeline folder)", root.display())))
+    }
+}
+
+fn load_clip(ctx: &GpuContext, dir: &Path, dtype: DType) -> Result<ClipTextModel> {
+    let cfg = ClipTextConfig::from_file(dir)?;
+    let store = WeightStore::open_diffusers(dir, "model", dtype == DType::F16)?;
+    let mut l = WeightLoader::new(ctx, &store, dtype);
+    // Some exports carry transformers' position_ids buffer: not a weight.
+    l.ignore_prefix("text_model.embeddings.position_ids");
+    let model = ClipTextModel::build(&cfg, &mut l)?;
+    l.finish().map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    Ok(model)
+}
+
+impl SdxlPipeline {
+    /// Loads a diffusers SD-XL pipeline folder (`model_index.json`, `tokenizer/`,
+    /// `tokenizer_2/`, `text_encoder/`, `text_encoder_2/`, `unet/`, `vae/`, `scheduler/`).
+    pub fn load(ctx: &GpuContext, path: &Path, opts: &LoadOptions) -> Result<Self> {
+        if opts.dtype == DType::U32 || opts.vae_dtype == Some(DType::U32) {
+            return Err(Error::Invalid("dtype must be f32 or f16".into()));
+        }
+        if path.is_file() {
+            return Err(Error::Unsupported(format!(
+                "{}: generating from a single-file checkpoint is not supported yet (its UNet loads with unet-eval); use a diffusers pipeline folder",
+                path.display()
+            )));
+        }
+        if !path.join("model_index.json").is_file() {
+            return Err(Error::Invalid(format!("{}: not a diffusers pipeline folder (no model_index.json)", path.display())));
+        }
+        let tokenizer = ClipTokenizer::from_dir(&part(path, "tokenizer")?, Padding::Eos)?;
+        let tokenizer_2 = ClipTokenizer::from_dir(&part(path, "tokenizer_2")?, Padding::BANG)?;
+        let text_encoder = load_clip(ctx, &part(path, "text_encoder")?, opts.dtype)?;
+        let text_encoder_2 = load_clip(ctx, &part(path, "text_encoder_2")?, opts.dtype)?;
+        if text_encoder_2.text_projection.is_none() {
+            return Err(Error::Invalid(format!("{}: text_encoder_2 has no projection_dim (not SD-XL's CLIPTextModelWithProjection)", path.display())));
+        }
+        let unet = load_unet(ctx, &part(path, "unet")?, None, opts.dtype)?;
+        let cross = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size;
+        if unet.config.cross_attention_dim != cross || Some(unet.config.text_embeds_dim()) != text_encoder_2.config.projection_dim {
+            return Err(Error::Invalid(format!(
+                "{}: the text encoders (hidden {} + {}, projection {:?}) do not fit the UNet (cross_attention_dim {}, text embeds {}): not an SD-XL pipeline",
+                path.display(),
+                text_encoder.config.hidden_size,
+                text_encoder_2.config.hidden_size,
+                text_encoder_2.config.projection_dim,
+                unet.config.cross_attention_dim,
+                unet.config.text_embeds_dim()
+            )));
+        }
+        let vae_dir = part(path, "vae")?;
+        let vae_cfg = VaeConfig::from_file(&vae_dir)?;
+        let vae_dtype = opts.vae_dtype.unwrap_or(if vae_cfg.force_upcast { DType::F32 } else { opts.dtype });
+        let store = WeightStore::open_diffusers(&vae_dir, "diffusion_pytorch_model", vae_dtype == DType::F16)?;
+        let mut l = WeightLoader::new(ctx, &store, vae_dtype);
+        l.ignore_prefix("encoder.");
+        l.ignore_prefix("quant_conv.");
+        let vae = VaeDecoder::build(&vae_cfg, &mut l);
+        l.finish().map_err(|e| Error::Invalid(format!("{}: {e}", vae_dir.display())))?;
+        let sched_file = part(path, "scheduler")?.join("scheduler_config.json");
+        let text = std::fs::read_to_string(&sched_file).map_err(|source| Error::Io { path: sched_file.display().to_string(), source })?;
+        let scheduler = EulerConfig::from_json(&text)?;
+        Ok(SdxlPipeline { tokenizer, tokenizer_2, text_encoder, text_encoder_2, unet, vae, scheduler, dtype: opts.dtype, vae_dtype })
+    }
+
+    /// Image sizes must be multiples of this (VAE x UNet downsampling).
+    pub fn size_multiple(&self) -> usize {
+        self.vae.config.upsampling() * self.unet.config.downsampling()
+    }
+
+    /// Encodes `texts` with both encoders: context `[n, 77, C1 + C2]` and pooled `[n, P]`.
+    fn encode(&self, ctx: &GpuContext, texts: &[&str]) -> Result<(Tensor, Tensor, bool)> {
+        let mut ids1 = Vec::new();
+        let mut ids2 = Vec::new();
+        let mut truncated = false;
+        for t in texts {
+            let a = self.tokenizer.encode(t)?;
+            let b = self.tokenizer_2.encode(t)?;
+            truncated |= a.truncated || b.truncated;
+            ids1.extend(a.ids);
+            ids2.extend(b.ids);
+        }
+        let n = texts.len();
+        let h1 = self.text_encoder.forward(ctx, &ids1, n, false)?.penultimate;
+        let out2 = self.text_encoder_2.forward(ctx, &ids2, n, true)?;
+        let context = layout::concat(ctx, &[&h1, &out2.penultimate], 2)?;
+        Ok((context, out2.pooled.expect("text_encoder_2 has a projection (checked on load)"), truncated))
+    }
+
+    /// The text conditioning of a prompt and its negative prompt.
+    pub fn encode_prompt(&self, ctx: &GpuContext, prompt: &str, negative: Option<&str>) -> Result<PromptEmbeds> {
+        let negative = negative.filter(|n| !n.is_empty());
+        let (ctx_all, pooled_all, truncated) = match negative {
+            Some(neg) => self.encode(ctx, &[neg, prompt])?,
+            None => self.encode(ctx, &[prompt])?,
+        };
+        let split = |t: &Tensor, row: usize, rows: usize| -> Result<Tensor> {
+            if rows == 1 {
+                return Ok(t.clone());
+            }
+            let s = t.shape();
+            let width: usize = s[1..].iter().product();
+            let flat = t.reshape(&[1, rows, width])?;
+            let picked = crate::ops::gather::gather_rows(ctx, &flat, &Tensor::from_u32(ctx, &[row as u32], &[1, 1])?)?;
+            let mut shape = s.to_vec();
+            shape[0] = 1;
+            picked.reshape(&shape)
+        };
+        let rows = if negative.is_some() { 2 } else { 1 };
+        let prompt_embeds = split(&ctx_all, rows - 1, rows)?;
+        let pooled = split(&pooled_all, rows - 1, rows)?;
+        let (negative_prompt_embeds, negative_pooled) = match negative {
+            Some(_) => (split(&ctx_all, 0, 2)?, split(&pooled_all, 0, 2)?),
+            None => (
+                Tensor::zeros(ctx, prompt_embeds.shape(), self.dtype)?,
+                Tensor::zeros(ctx, pooled.shape(), self.dtype)?,
+            ),
+        };
+        Ok(PromptEmbeds {
+            prompt_embeds,
+            negative_prompt_embeds,
+            pooled_prompt_embeds: pooled,
+            negative_pooled_prompt_embeds: negative_pooled,
+            truncated,
+        })
+    }
+
+    fn check_request(&self, req: &GenerateRequest) -> Result<()> {
+        let m = self.size_multiple();
+        if req.width == 0 || req.height == 0 || req.width % m != 0 || req.height % m != 0 {
+            return Err(Error::Invalid(format!(
+                "image size {}x{} is not a positive multiple of {m} (VAE x UNet downsampling of this model)",
+                req.width, req.height
+            )));
+        }
+        if req.steps == 0 {
+            return Err(Error::Invalid("steps must be at least 1".into()));
+        }
+        if !req.guidance.is_finite() || req.guidance < 0.0 {
+            return Err(Error::Invalid(format!("guidance must be a finite number >= 0, got {}", req.guidance)));
+        }
+        if !(0.0..=1.0).contains(&req.guidance_rescale) {
+            return Err(Error::Invalid(format!("guidance rescale must be in [0, 1], got {}", req.guidance_rescale)));
+        }
+        Ok(())
+    }
+
+    /// Generates one image. `progress(step, steps)` is called after every denoising step.
+    pub fn generate(&self, ctx: &GpuContext, req: &GenerateRequest, mut progress: impl FnMut(usize, usize)) -> Result<GenerateOutput> {
+        self.check_request(req)?;
+        let down = self.vae.config.upsampling();
+        let (lh, lw) = (req.height / down, req.width / down);
+        let lc = self.unet.config.in_channels;
+        let latent_shape = [1, lc, lh, lw];
+        let n = lc * lh * lw;
+        let noise = match &req.latents {
+            Some(v) if v.len() == n => v.clone(),
+            Some(v) => {
+                return Err(Error::Invalid(format!("initial latents have {} values; {latent_shape:?} needs {n}", v.len())));
+            }
+            None => standard_normal(req.seed, n),
+        };
+        let schedule = EulerSchedule::new(&self.scheduler, req.steps)?;
+        let embeds = self.encode_prompt(ctx, &req.prompt, req.negative_prompt.as_deref())?;
+        check_finite(ctx, "text encoders", &embeds.prompt_embeds)?;
+
+        let cfg = req.guidance > 1.0;
+        let (context, text_embeds, batch) = if cfg {
+            (
+                layout::concat(ctx, &[&embeds.negative_prompt_embeds, &embeds.prompt_embeds], 0)?,
+                layout::concat(ctx, &[&embeds.negative_pooled_prompt_embeds, &embeds.pooled_prompt_embeds], 0)?,
+                2,
+            )
+        } else {
+            (embeds.prompt_embeds.clone(), embeds.pooled_prompt_embeds.clone(), 1)
+        };
+        let (h, w) = (req.height as f32, req.width as f32);
+        let time_ids: Vec<f32> = (0..batch).flat_map(|_| [h, w, 0.0, 0.0, h, w]).collect();
+
+        let init: Vec<f32> = noise.iter().map(|v| v * schedule.init_noise_sigma).collect();
+        let mut x = Tensor::from_f32(ctx, &init, &latent_shape, self.dtype)?;
+        for i in 0..req.steps {
+            let xin = if cfg { layout::concat(ctx, &[&x, &x], 0)? } else { x.clone() };
+            let xin = elementwise::scale(ctx, &xin, schedule.input_scale(i), 0.0)?;
+            let eps = self.unet.forward(
+                ctx,
+                &UNetInputs {
+                    sample: &xin,
+                    timesteps: &[schedule.timesteps[i]],
+                    encoder_hidden_states: &context,
+                    text_embeds: &text_embeds,
+                    time_ids: &time_ids,
+                },
+            )?;
+            let eps = if cfg { guidance::guidance(ctx, &eps, req.guidance, req.guidance_rescale)? } else { eps };
+            x = elementwise::binary(ctx, &x, &eps, elementwise::BinaryOp::Add { alpha: schedule.dt(i) })?;
+            ctx.flush()?;
+            progress(i + 1, req.steps);
+        }
+        let latents_final = x.to_f32_vec(ctx)?;
+        if let Some(i) = latents_final.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!("the denoising loop (UNet) produced a non-finite latent at index {i}")));
+        }
+        let z = if self.vae_dtype == self.dtype { x } else { Tensor::from_f32(ctx, &latents_final, &latent_shape, self.vae_dtype)? };
+        let image = self.vae.decode(ctx, &z)?.to_f32_vec(ctx)?;
+        if let Some(i) = image.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "the VAE decoder produced a non-finite value at index {i} (with an f16 VAE, use --vae-dtype f32)"
+            )));
+        }
+        Ok(GenerateOutput { embeds, latents_final, latent_shape, image, width: req.width, height: req.height })
+    }
+}
+
+fn check_finite(ctx: &GpuContext, stage: &str, t: &Tensor) -> Result<()> {
+    let v = t.to_f32_vec(ctx)?;
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(Error::Invalid(format!("the {stage} produced a non-finite value at index {i}"))),
+        None => Ok(()),
+    }
+}
+
+/// `n` standard-normal values from `seed` (Box-Muller over a seeded ChaCha stream).
+pub fn standard_normal(seed: u64, n: usize) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+            let u2: f64 = rng.random();
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        })
+        .collect()
+}
