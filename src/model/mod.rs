@@ -5,5 +5,6 @@ pub mod config;
 pub mod keymap;
 pub mod load;
 pub mod nn;
+pub mod tokenizer;
 pub mod unet;
 pub mod weights;
