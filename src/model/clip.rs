@@ -26,7 +26,8 @@ pub struct ClipTextConfig {
     pub hidden_act: String,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
-    /// Width of `text_projection` (with-projection models only).
+    /// Width of `text_projection`. transformers writes it for every CLIP text config; only
+    /// `CLIPTextModelWithProjection` has the projection (see [`ClipTextModel::build`]).
     #[serde(default)]
     pub projection_dim: Option<usize>,
 }
@@ -155,8 +156,14 @@ pub struct ClipTextModel {
 }
 
 impl ClipTextModel {
-    /// Builds the model from `l` (transformers names). Check `l.finish()` before use.
-    pub fn build(cfg: &ClipTextConfig, l: &mut WeightLoader) -> Result<Self> {
+    /// Builds the model from `l` (transformers names); `with_projection` for
+    /// `CLIPTextModelWithProjection` (SD-XL's `text_encoder_2`). Check `l.finish()` before use.
+    pub fn build(cfg: &ClipTextConfig, l: &mut WeightLoader, with_projection: bool) -> Result<Self> {
+        let projection = match (with_projection, cfg.projection_dim) {
+            (false, _) => None,
+            (true, Some(p)) => Some(p),
+            (true, None) => return Err(Error::Invalid("CLIP config: a with-projection text model needs 'projection_dim'".into())),
+        };
         let act = cfg.activation()?;
         let d = cfg.hidden_size;
         Ok(ClipTextModel {
@@ -166,7 +173,7 @@ impl ClipTextModel {
                 .map(|i| ClipEncoderLayer::load(l, &format!("text_model.encoder.layers.{i}"), cfg))
                 .collect(),
             final_layer_norm: LayerNorm::load(l, "text_model.final_layer_norm", d, cfg.layer_norm_eps as f32),
-            text_projection: cfg.projection_dim.map(|p| Linear::load(l, "text_projection", d, p, false)),
+            text_projection: projection.map(|p| Linear::load(l, "text_projection", d, p, false)),
             config: cfg.clone(),
             act,
         })

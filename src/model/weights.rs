@@ -433,11 +433,15 @@ impl<'a> WeightLoader<'a> {
     }
 }
 
-/// Reads a whole safetensors file into host f32 tensors (inputs and references, small files).
+/// Reads the float tensors of a safetensors file into host f32 tensors (inputs and references,
+/// small files); tensors of other dtypes (integer ids) are skipped.
 pub fn read_all_f32(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
-    let store = WeightStore::from_files(vec![SafetensorsFile::open(path)?])?;
-    store
+    let file = SafetensorsFile::open(path)?;
+    let floats: Vec<String> = file
         .names()
-        .map(|n| Ok((n.to_string(), store.read_f32(n)?)))
-        .collect()
+        .into_iter()
+        .filter(|n| file.bytes(n).is_some_and(|(dt, _, _)| matches!(dt, Dtype::F32 | Dtype::F16 | Dtype::BF16)))
+        .collect();
+    let store = WeightStore::from_files(vec![file])?;
+    floats.iter().map(|n| Ok((n.clone(), store.read_f32(n)?))).collect()
 }

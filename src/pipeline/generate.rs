@@ -128,13 +128,13 @@ fn part(root: &Path, name: &str) -> Result<PathBuf> {
     }
 }
 
-fn load_clip(ctx: &GpuContext, dir: &Path, dtype: DType) -> Result<ClipTextModel> {
+fn load_clip(ctx: &GpuContext, dir: &Path, dtype: DType, with_projection: bool) -> Result<ClipTextModel> {
     let cfg = ClipTextConfig::from_file(dir)?;
     let store = WeightStore::open_diffusers(dir, "model", dtype == DType::F16)?;
     let mut l = WeightLoader::new(ctx, &store, dtype);
     // Some exports carry transformers' position_ids buffer: not a weight.
     l.ignore_prefix("text_model.embeddings.position_ids");
-    let model = ClipTextModel::build(&cfg, &mut l)?;
+    let model = ClipTextModel::build(&cfg, &mut l, with_projection)?;
     l.finish().map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
     Ok(model)
 }
@@ -157,11 +157,8 @@ impl SdxlPipeline {
         }
         let tokenizer = ClipTokenizer::from_dir(&part(path, "tokenizer")?, Padding::Eos)?;
         let tokenizer_2 = ClipTokenizer::from_dir(&part(path, "tokenizer_2")?, Padding::BANG)?;
-        let text_encoder = load_clip(ctx, &part(path, "text_encoder")?, opts.dtype)?;
-        let text_encoder_2 = load_clip(ctx, &part(path, "text_encoder_2")?, opts.dtype)?;
-        if text_encoder_2.text_projection.is_none() {
-            return Err(Error::Invalid(format!("{}: text_encoder_2 has no projection_dim (not SD-XL's CLIPTextModelWithProjection)", path.display())));
-        }
+        let text_encoder = load_clip(ctx, &part(path, "text_encoder")?, opts.dtype, false)?;
+        let text_encoder_2 = load_clip(ctx, &part(path, "text_encoder_2")?, opts.dtype, true)?;
         let unet = load_unet(ctx, &part(path, "unet")?, None, opts.dtype)?;
         let cross = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size;
         if unet.config.cross_attention_dim != cross || Some(unet.config.text_embeds_dim()) != text_encoder_2.config.projection_dim {
