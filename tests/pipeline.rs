@@ -79,3 +79,109 @@ fn generation_matches_diffusers_f32() {
         eprintln!("{run} image: {r:.2e}");
     }
 }
+
+fn cli_args(out: &Path) -> atedm::cli::generate::GenerateArgs {
+    let (req, _, _) = request("cfg");
+    atedm::cli::generate::GenerateArgs {
+        model: fixture("sdxl-tiny"),
+        prompt: req.prompt,
+        negative_prompt: req.negative_prompt,
+        steps: req.steps,
+        guidance: req.guidance,
+        guidance_rescale: 0.0,
+        seed: 7,
+        width: req.width,
+        height: req.height,
+        dtype: DType::F32,
+        vae_dtype: None,
+        output: out.to_path_buf(),
+        overwrite: false,
+        latents: Some(fixture("cfg.safetensors")),
+        save_intermediates: None,
+    }
+}
+
+#[test]
+fn generate_cli_writes_png_and_intermediates() {
+    use atedm::cli::generate::run;
+    let dir = std::env::temp_dir().join(format!("atedm-generate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let png_path = dir.join("out.png");
+    let inter = dir.join("inter.safetensors");
+    let args = atedm::cli::generate::GenerateArgs { save_intermediates: Some(inter.clone()), ..cli_args(&png_path) };
+    run(ctx(), &args).unwrap();
+    // The PNG: right size, RGB8, the parameters in a text chunk, pixels = clamp(image/2+0.5).
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png_path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (96, 64));
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let text = &reader.info().uncompressed_latin1_text;
+    let params = text.iter().find(|t| t.keyword == "parameters").expect("parameters chunk");
+    assert!(params.text.contains("astronaut") && params.text.contains("Steps: 4"), "{}", params.text);
+    let refs = read_all_f32(&fixture("cfg.safetensors")).unwrap();
+    let (w, h) = (96, 64);
+    let image = &refs["image"].1;
+    let mut max_diff = 0i32;
+    for p in 0..w * h {
+        for c in 0..3 {
+            let want = ((image[c * w * h + p] * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0).round() as i32;
+            max_diff = max_diff.max((buf[p * 3 + c] as i32 - want).abs());
+        }
+    }
+    assert!(max_diff <= 1, "pixels differ from diffusers' image by {max_diff} levels");
+    // Intermediates hold what the issue names, matching diffusers.
+    let got = read_all_f32(&inter).unwrap();
+    for k in ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds", "latents_final", "image"] {
+        assert_eq!(got[k].0, refs[k].0, "{k} shape");
+        assert_close(&got[k].1, &refs[k].1, 2e-3, k);
+    }
+    // No silent overwrite; the file is left as it was.
+    let before = std::fs::read(&png_path).unwrap();
+    let e = run(ctx(), &cli_args(&png_path)).unwrap_err().to_string();
+    assert!(e.contains("exists") && e.contains("--overwrite"), "{e}");
+    assert_eq!(std::fs::read(&png_path).unwrap(), before);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_requests_are_clear_errors_without_output() {
+    use atedm::cli::generate::run;
+    let dir = std::env::temp_dir().join(format!("atedm-generate-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("never.png");
+    let check = |args: atedm::cli::generate::GenerateArgs, want: &str| {
+        let e = run(ctx(), &args).unwrap_err().to_string();
+        assert!(e.contains(want), "expected '{want}' in: {e}");
+        assert!(!out.exists(), "no output after: {e}");
+    };
+    check(atedm::cli::generate::GenerateArgs { width: 100, latents: None, ..cli_args(&out) }, "multiple of 32");
+    check(atedm::cli::generate::GenerateArgs { steps: 0, ..cli_args(&out) }, "steps must be at least 1");
+    check(atedm::cli::generate::GenerateArgs { latents: Some(fixture("tokens.json")), ..cli_args(&out) }, "tokens.json");
+    // Not a pipeline folder (a UNet folder) and a pipeline missing a part.
+    let unet_only = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet/tiny-a");
+    check(atedm::cli::generate::GenerateArgs { model: unet_only, ..cli_args(&out) }, "model_index.json");
+    let partial = dir.join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::copy(fixture("sdxl-tiny/model_index.json"), partial.join("model_index.json")).unwrap();
+    check(atedm::cli::generate::GenerateArgs { model: partial, ..cli_args(&out) }, "missing model part 'tokenizer/'");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn generation_f16_matches_diffusers_within_f16_bounds() {
+    // Text encoders and UNet store activations in f16 (f32 inside kernels); the VAE stays f32
+    // (force_upcast). Errors compound over 4 steps through the latents; 2e-2 of max|ref| is the
+    // bound (measured in the README).
+    let p = pipeline(DType::F16);
+    assert_eq!(p.vae_dtype, DType::F32);
+    let (req, refs, _) = request("cfg");
+    let out = p.generate(ctx(), &req, |_, _| {}).unwrap();
+    let r = assert_close(&download(&out.embeds.prompt_embeds), &refs["prompt_embeds"].1, 5e-3, "f16 prompt_embeds");
+    eprintln!("f16 prompt_embeds: {r:.2e}");
+    let r = assert_close(&out.latents_final, &refs["latents_final"].1, 2e-2, "f16 latents_final");
+    eprintln!("f16 latents_final: {r:.2e}");
+    let r = assert_close(&out.image, &refs["image"].1, 2e-2, "f16 image");
+    eprintln!("f16 image: {r:.2e}");
+}
