@@ -27,8 +27,13 @@ proptest! {
 #[test]
 fn bad_guidance_inputs_are_errors() {
     let t = upload(&[1.0; 6], &[3, 2], atedm::DType::F32);
-    let e = guidance::guidance(ctx(), &t, 5.0, 0.0).unwrap_err().to_string();
+    let e = guidance::guidance(ctx(), &t, 5.0, 0.0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("guidance") && e.contains("[3, 2]"), "{e}");
     let t = upload(&[1.0; 4], &[2, 2], atedm::DType::F32);
-    assert!(guidance::guidance(ctx(), &t, 5.0, 1.5).unwrap_err().to_string().contains("rescale"));
+    assert!(guidance::guidance(ctx(), &t, 5.0, 1.5)
+        .unwrap_err()
+        .to_string()
+        .contains("rescale"));
 }

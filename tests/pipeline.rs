@@ -12,15 +12,33 @@ use atedm::DType;
 use common::*;
 
 fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline").join(p)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pipeline")
+        .join(p)
 }
 
 fn pipeline(dtype: DType) -> SdxlPipeline {
-    SdxlPipeline::load(ctx(), &fixture("sdxl-tiny"), &LoadOptions { dtype, vae_dtype: None }).unwrap()
+    SdxlPipeline::load(
+        ctx(),
+        &fixture("sdxl-tiny"),
+        &LoadOptions {
+            dtype,
+            vae_dtype: None,
+        },
+    )
+    .unwrap()
 }
 
-fn request(run: &str) -> (GenerateRequest, std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>, serde_json::Value) {
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{run}.json"))).unwrap()).unwrap();
+fn request(
+    run: &str,
+) -> (
+    GenerateRequest,
+    atedm::model::weights::HostTensors,
+    serde_json::Value,
+) {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{run}.json"))).unwrap())
+            .unwrap();
     let refs = read_all_f32(&fixture(&format!("{run}.safetensors"))).unwrap();
     let req = GenerateRequest {
         prompt: meta["prompt"].as_str().unwrap().to_string(),
@@ -41,13 +59,32 @@ fn token_ids_match_transformers() {
     let p = pipeline(DType::F32);
     let (_, _, meta) = request("cfg");
     let ids = &meta["token_ids"];
-    let want = |k: &str| -> Vec<u32> { ids[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
+    let want = |k: &str| -> Vec<u32> {
+        ids[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    };
     let prompt = meta["prompt"].as_str().unwrap();
     let negative = meta["negative_prompt"].as_str().unwrap();
-    assert_eq!(p.tokenizer.encode(prompt).unwrap().ids, want("prompt_ids_tokenizer"));
-    assert_eq!(p.tokenizer_2.encode(prompt).unwrap().ids, want("prompt_ids_tokenizer_2"));
-    assert_eq!(p.tokenizer.encode(negative).unwrap().ids, want("negative_ids_tokenizer"));
-    assert_eq!(p.tokenizer_2.encode(negative).unwrap().ids, want("negative_ids_tokenizer_2"));
+    assert_eq!(
+        p.tokenizer.encode(prompt).unwrap().ids,
+        want("prompt_ids_tokenizer")
+    );
+    assert_eq!(
+        p.tokenizer_2.encode(prompt).unwrap().ids,
+        want("prompt_ids_tokenizer_2")
+    );
+    assert_eq!(
+        p.tokenizer.encode(negative).unwrap().ids,
+        want("negative_ids_tokenizer")
+    );
+    assert_eq!(
+        p.tokenizer_2.encode(negative).unwrap().ids,
+        want("negative_ids_tokenizer_2")
+    );
 }
 
 #[test]
@@ -61,19 +98,30 @@ fn generation_matches_diffusers_f32() {
             ("prompt_embeds", &e.prompt_embeds),
             ("negative_prompt_embeds", &e.negative_prompt_embeds),
             ("pooled_prompt_embeds", &e.pooled_prompt_embeds),
-            ("negative_pooled_prompt_embeds", &e.negative_pooled_prompt_embeds),
+            (
+                "negative_pooled_prompt_embeds",
+                &e.negative_pooled_prompt_embeds,
+            ),
         ] {
             let (shape, want) = &refs[name];
             assert_eq!(t.shape(), shape.as_slice(), "{run} {name}");
             let got = download(t);
             if want.iter().all(|&v| v == 0.0) {
-                assert!(got.iter().all(|&v| v == 0.0), "{run} {name}: expected zeros");
+                assert!(
+                    got.iter().all(|&v| v == 0.0),
+                    "{run} {name}: expected zeros"
+                );
             } else {
                 let r = assert_close(&got, want, 1e-3, &format!("{run} {name}"));
                 eprintln!("{run} {name}: {r:.2e}");
             }
         }
-        let r = assert_close(&out.latents_final, &refs["latents_final"].1, 1e-3, &format!("{run} latents_final"));
+        let r = assert_close(
+            &out.latents_final,
+            &refs["latents_final"].1,
+            1e-3,
+            &format!("{run} latents_final"),
+        );
         eprintln!("{run} latents_final: {r:.2e}");
         let r = assert_close(&out.image, &refs["image"].1, 2e-3, &format!("{run} image"));
         eprintln!("{run} image: {r:.2e}");
@@ -108,18 +156,30 @@ fn generate_cli_writes_png_and_intermediates() {
     std::fs::create_dir_all(&dir).unwrap();
     let png_path = dir.join("out.png");
     let inter = dir.join("inter.safetensors");
-    let args = atedm::cli::generate::GenerateArgs { save_intermediates: Some(inter.clone()), ..cli_args(&png_path) };
+    let args = atedm::cli::generate::GenerateArgs {
+        save_intermediates: Some(inter.clone()),
+        ..cli_args(&png_path)
+    };
     run(ctx(), &args).unwrap();
     // The PNG: right size, RGB8, the parameters in a text chunk, pixels = clamp(image/2+0.5).
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png_path).unwrap()));
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&png_path).unwrap(),
+    ));
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut buf).unwrap();
     assert_eq!((info.width, info.height), (96, 64));
     assert_eq!(info.color_type, png::ColorType::Rgb);
     let text = &reader.info().uncompressed_latin1_text;
-    let params = text.iter().find(|t| t.keyword == "parameters").expect("parameters chunk");
-    assert!(params.text.contains("astronaut") && params.text.contains("Steps: 4"), "{}", params.text);
+    let params = text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .expect("parameters chunk");
+    assert!(
+        params.text.contains("astronaut") && params.text.contains("Steps: 4"),
+        "{}",
+        params.text
+    );
     let refs = read_all_f32(&fixture("cfg.safetensors")).unwrap();
     let (w, h) = (96, 64);
     let image = &refs["image"].1;
@@ -130,10 +190,20 @@ fn generate_cli_writes_png_and_intermediates() {
             max_diff = max_diff.max((buf[p * 3 + c] as i32 - want).abs());
         }
     }
-    assert!(max_diff <= 1, "pixels differ from diffusers' image by {max_diff} levels");
+    assert!(
+        max_diff <= 1,
+        "pixels differ from diffusers' image by {max_diff} levels"
+    );
     // Intermediates hold what the issue names, matching diffusers.
     let got = read_all_f32(&inter).unwrap();
-    for k in ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds", "latents_final", "image"] {
+    for k in [
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "pooled_prompt_embeds",
+        "negative_pooled_prompt_embeds",
+        "latents_final",
+        "image",
+    ] {
         assert_eq!(got[k].0, refs[k].0, "{k} shape");
         assert_close(&got[k].1, &refs[k].1, 2e-3, k);
     }
@@ -156,16 +226,51 @@ fn bad_requests_are_clear_errors_without_output() {
         assert!(e.contains(want), "expected '{want}' in: {e}");
         assert!(!out.exists(), "no output after: {e}");
     };
-    check(atedm::cli::generate::GenerateArgs { width: 100, latents: None, ..cli_args(&out) }, "multiple of 32");
-    check(atedm::cli::generate::GenerateArgs { steps: 0, ..cli_args(&out) }, "steps must be at least 1");
-    check(atedm::cli::generate::GenerateArgs { latents: Some(fixture("tokens.json")), ..cli_args(&out) }, "tokens.json");
+    check(
+        atedm::cli::generate::GenerateArgs {
+            width: 100,
+            latents: None,
+            ..cli_args(&out)
+        },
+        "multiple of 32",
+    );
+    check(
+        atedm::cli::generate::GenerateArgs {
+            steps: 0,
+            ..cli_args(&out)
+        },
+        "steps must be at least 1",
+    );
+    check(
+        atedm::cli::generate::GenerateArgs {
+            latents: Some(fixture("tokens.json")),
+            ..cli_args(&out)
+        },
+        "tokens.json",
+    );
     // Not a pipeline folder (a UNet folder) and a pipeline missing a part.
     let unet_only = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet/tiny-a");
-    check(atedm::cli::generate::GenerateArgs { model: unet_only, ..cli_args(&out) }, "model_index.json");
+    check(
+        atedm::cli::generate::GenerateArgs {
+            model: unet_only,
+            ..cli_args(&out)
+        },
+        "model_index.json",
+    );
     let partial = dir.join("partial");
     std::fs::create_dir_all(&partial).unwrap();
-    std::fs::copy(fixture("sdxl-tiny/model_index.json"), partial.join("model_index.json")).unwrap();
-    check(atedm::cli::generate::GenerateArgs { model: partial, ..cli_args(&out) }, "missing model part 'tokenizer/'");
+    std::fs::copy(
+        fixture("sdxl-tiny/model_index.json"),
+        partial.join("model_index.json"),
+    )
+    .unwrap();
+    check(
+        atedm::cli::generate::GenerateArgs {
+            model: partial,
+            ..cli_args(&out)
+        },
+        "missing model part 'tokenizer/'",
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -178,9 +283,19 @@ fn generation_f16_matches_diffusers_within_f16_bounds() {
     assert_eq!(p.vae_dtype, DType::F32);
     let (req, refs, _) = request("cfg");
     let out = p.generate(ctx(), &req, |_, _| {}).unwrap();
-    let r = assert_close(&download(&out.embeds.prompt_embeds), &refs["prompt_embeds"].1, 5e-3, "f16 prompt_embeds");
+    let r = assert_close(
+        &download(&out.embeds.prompt_embeds),
+        &refs["prompt_embeds"].1,
+        5e-3,
+        "f16 prompt_embeds",
+    );
     eprintln!("f16 prompt_embeds: {r:.2e}");
-    let r = assert_close(&out.latents_final, &refs["latents_final"].1, 2e-2, "f16 latents_final");
+    let r = assert_close(
+        &out.latents_final,
+        &refs["latents_final"].1,
+        2e-2,
+        "f16 latents_final",
+    );
     eprintln!("f16 latents_final: {r:.2e}");
     let r = assert_close(&out.image, &refs["image"].1, 2e-2, "f16 image");
     eprintln!("f16 image: {r:.2e}");

@@ -62,7 +62,8 @@ pub fn png_bytes(width: usize, height: usize, rgb: &[u8], parameters: &str) -> R
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let err = |e: png::EncodingError| Error::Invalid(format!("PNG encoding: {e}"));
-        enc.add_text_chunk("parameters".into(), parameters.into()).map_err(err)?;
+        enc.add_text_chunk("parameters".into(), parameters.into())
+            .map_err(err)?;
         let mut w = enc.write_header().map_err(err)?;
         w.write_image_data(rgb).map_err(err)?;
         w.finish().map_err(err)?;
@@ -72,19 +73,35 @@ pub fn png_bytes(width: usize, height: usize, rgb: &[u8], parameters: &str) -> R
 
 pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
     if a.output.exists() && !a.overwrite {
-        return Err(Error::Invalid(format!("{} exists; pass --overwrite to replace it", a.output.display())));
+        return Err(Error::Invalid(format!(
+            "{} exists; pass --overwrite to replace it",
+            a.output.display()
+        )));
     }
     let latents = match &a.latents {
         Some(p) => {
             let mut m = read_all_f32(p)?;
-            let (_, v) = m.remove("latents").ok_or_else(|| Error::Invalid(format!("{}: no tensor 'latents'", p.display())))?;
+            let (_, v) = m
+                .remove("latents")
+                .ok_or_else(|| Error::Invalid(format!("{}: no tensor 'latents'", p.display())))?;
             Some(v)
         }
         None => None,
     };
     let t0 = Instant::now();
-    let pipe = SdxlPipeline::load(ctx, &a.model, &LoadOptions { dtype: a.dtype, vae_dtype: a.vae_dtype })?;
-    eprintln!("loaded {} in {:.1} s", a.model.display(), t0.elapsed().as_secs_f64());
+    let pipe = SdxlPipeline::load(
+        ctx,
+        &a.model,
+        &LoadOptions {
+            dtype: a.dtype,
+            vae_dtype: a.vae_dtype,
+        },
+    )?;
+    eprintln!(
+        "loaded {} in {:.1} s",
+        a.model.display(),
+        t0.elapsed().as_secs_f64()
+    );
     let req = GenerateRequest {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
@@ -121,7 +138,9 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
     );
     if let Some(p) = &a.save_intermediates {
         let e = &out.embeds;
-        let host = |t: &crate::tensor::Tensor| -> Result<(Vec<usize>, Vec<f32>)> { Ok((t.shape().to_vec(), t.to_f32_vec(ctx)?)) };
+        let host = |t: &crate::tensor::Tensor| -> Result<(Vec<usize>, Vec<f32>)> {
+            Ok((t.shape().to_vec(), t.to_f32_vec(ctx)?))
+        };
         let (s0, v0) = host(&e.prompt_embeds)?;
         let (s1, v1) = host(&e.negative_prompt_embeds)?;
         let (s2, v2) = host(&e.pooled_prompt_embeds)?;
@@ -131,12 +150,23 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
             HostTensor::F32("negative_prompt_embeds", s1, &v1),
             HostTensor::F32("pooled_prompt_embeds", s2, &v2),
             HostTensor::F32("negative_pooled_prompt_embeds", s3, &v3),
-            HostTensor::F32("latents_final", out.latent_shape.to_vec(), &out.latents_final),
+            HostTensor::F32(
+                "latents_final",
+                out.latent_shape.to_vec(),
+                &out.latents_final,
+            ),
             HostTensor::F32("image", vec![1, 3, a.height, a.width], &out.image),
         ])?;
         write_atomic(p, &bytes)?;
     }
-    write_atomic(&a.output, &png_bytes(a.width, a.height, &out.rgb8(), &params)?)?;
-    eprintln!("wrote {} in {:.1} s", a.output.display(), t0.elapsed().as_secs_f64());
+    write_atomic(
+        &a.output,
+        &png_bytes(a.width, a.height, &out.rgb8(), &params)?,
+    )?;
+    eprintln!(
+        "wrote {} in {:.1} s",
+        a.output.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -83,6 +83,9 @@ struct Pending {
     dispatches: usize,
 }
 
+/// Pipeline cache key: (family, entry point, storage dtype).
+type PipelineKey = (&'static str, &'static str, DType);
+
 /// The GPU: adapter, device, queue, buffer pool and pipeline cache.
 ///
 /// `GpuContext` is `Send + Sync`; ops from several threads record into one command stream.
@@ -94,7 +97,7 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     pub(crate) pool: Arc<BufferPool>,
     modules: Mutex<HashMap<(&'static str, DType), Arc<wgpu::ShaderModule>>>,
-    pipelines: Mutex<HashMap<(&'static str, &'static str, DType), Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     pending: Mutex<Pending>,
     errors: Arc<Mutex<Vec<wgpu::Error>>>,
     lost: Arc<Mutex<Option<String>>>,

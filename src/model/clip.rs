@@ -69,10 +69,18 @@ impl ClipTextConfig {
 
     /// Reads `config.json` (a file or a folder holding one) and validates it.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io { path: file.display().to_string(), source })?;
-        let cfg: ClipTextConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::Invalid(format!("{}: not a CLIP text config ({e})", file.display())))?;
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
+            path: file.display().to_string(),
+            source,
+        })?;
+        let cfg: ClipTextConfig = serde_json::from_str(&text).map_err(|e| {
+            Error::Invalid(format!("{}: not a CLIP text config ({e})", file.display()))
+        })?;
         cfg.activation()?;
         if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
             return Err(Error::Invalid(format!(
@@ -121,12 +129,28 @@ impl ClipEncoderLayer {
         }
     }
 
-    fn forward(&self, ctx: &GpuContext, h: &Tensor, heads: usize, act: Activation) -> Result<Tensor> {
+    fn forward(
+        &self,
+        ctx: &GpuContext,
+        h: &Tensor,
+        heads: usize,
+        act: Activation,
+    ) -> Result<Tensor> {
         let x = self.layer_norm1.forward(ctx, h)?;
         let q = self.q_proj.forward(ctx, &x, None)?;
         let k = self.k_proj.forward(ctx, &x, None)?;
         let v = self.v_proj.forward(ctx, &x, None)?;
-        let o = attention::attention(ctx, &q, &k, &v, &AttentionOptions { heads, scale: None, causal: true })?;
+        let o = attention::attention(
+            ctx,
+            &q,
+            &k,
+            &v,
+            &AttentionOptions {
+                heads,
+                scale: None,
+                causal: true,
+            },
+        )?;
         let h = self.out_proj.forward(ctx, &o, Some(h))?;
         let x = self.layer_norm2.forward(ctx, &h)?;
         let f = activation::activation(ctx, &self.fc1.forward(ctx, &x, None)?, act)?;
@@ -158,21 +182,40 @@ pub struct ClipTextModel {
 impl ClipTextModel {
     /// Builds the model from `l` (transformers names); `with_projection` for
     /// `CLIPTextModelWithProjection` (SD-XL's `text_encoder_2`). Check `l.finish()` before use.
-    pub fn build(cfg: &ClipTextConfig, l: &mut WeightLoader, with_projection: bool) -> Result<Self> {
+    pub fn build(
+        cfg: &ClipTextConfig,
+        l: &mut WeightLoader,
+        with_projection: bool,
+    ) -> Result<Self> {
         let projection = match (with_projection, cfg.projection_dim) {
             (false, _) => None,
             (true, Some(p)) => Some(p),
-            (true, None) => return Err(Error::Invalid("CLIP config: a with-projection text model needs 'projection_dim'".into())),
+            (true, None) => {
+                return Err(Error::Invalid(
+                    "CLIP config: a with-projection text model needs 'projection_dim'".into(),
+                ))
+            }
         };
         let act = cfg.activation()?;
         let d = cfg.hidden_size;
         Ok(ClipTextModel {
-            token_embedding: l.get("text_model.embeddings.token_embedding.weight", &[cfg.vocab_size, d]),
-            position_embedding: l.get("text_model.embeddings.position_embedding.weight", &[cfg.max_position_embeddings, d]),
+            token_embedding: l.get(
+                "text_model.embeddings.token_embedding.weight",
+                &[cfg.vocab_size, d],
+            ),
+            position_embedding: l.get(
+                "text_model.embeddings.position_embedding.weight",
+                &[cfg.max_position_embeddings, d],
+            ),
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| ClipEncoderLayer::load(l, &format!("text_model.encoder.layers.{i}"), cfg))
                 .collect(),
-            final_layer_norm: LayerNorm::load(l, "text_model.final_layer_norm", d, cfg.layer_norm_eps as f32),
+            final_layer_norm: LayerNorm::load(
+                l,
+                "text_model.final_layer_norm",
+                d,
+                cfg.layer_norm_eps as f32,
+            ),
             text_projection: projection.map(|p| Linear::load(l, "text_projection", d, p, false)),
             config: cfg.clone(),
             act,
@@ -181,25 +224,49 @@ impl ClipTextModel {
 
     /// Encodes token ids `[B, L]` (row-major). `pooled`: also compute the pooled projection
     /// (skipped work otherwise: the last layer only feeds it).
-    pub fn forward(&self, ctx: &GpuContext, ids: &[u32], batch: usize, pooled: bool) -> Result<ClipOutput> {
+    pub fn forward(
+        &self,
+        ctx: &GpuContext,
+        ids: &[u32],
+        batch: usize,
+        pooled: bool,
+    ) -> Result<ClipOutput> {
         let cfg = &self.config;
         let d = cfg.hidden_size;
         if batch == 0 || ids.len() % batch != 0 {
-            return Err(Error::shape("clip", format!("{} token ids for batch {batch}", ids.len())));
+            return Err(Error::shape(
+                "clip",
+                format!("{} token ids for batch {batch}", ids.len()),
+            ));
         }
         let len = ids.len() / batch;
         if len == 0 || len > cfg.max_position_embeddings {
-            return Err(Error::shape("clip", format!("sequence length {len} outside 1..={}", cfg.max_position_embeddings)));
+            return Err(Error::shape(
+                "clip",
+                format!(
+                    "sequence length {len} outside 1..={}",
+                    cfg.max_position_embeddings
+                ),
+            ));
         }
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= cfg.vocab_size) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary ({} entries)", cfg.vocab_size)));
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary ({} entries)",
+                cfg.vocab_size
+            )));
         }
         let idx = Tensor::from_u32(ctx, ids, &[1, batch * len])?;
-        let tok = gather::gather_rows(ctx, &self.token_embedding.reshape(&[1, cfg.vocab_size, d])?, &idx)?;
+        let tok = gather::gather_rows(
+            ctx,
+            &self.token_embedding.reshape(&[1, cfg.vocab_size, d])?,
+            &idx,
+        )?;
         let pos_idx: Vec<u32> = (0..len as u32).collect();
         let pos = gather::gather_rows(
             ctx,
-            &self.position_embedding.reshape(&[1, cfg.max_position_embeddings, d])?,
+            &self
+                .position_embedding
+                .reshape(&[1, cfg.max_position_embeddings, d])?,
             &Tensor::from_u32(ctx, &pos_idx, &[1, len])?,
         )?;
         let mut h = elementwise::add(ctx, &tok.reshape(&[batch, len, d])?, &pos)?;
@@ -218,14 +285,20 @@ impl ClipTextModel {
                     .chunks(len)
                     .map(|row| {
                         let max = *row.iter().max().expect("len > 0");
-                        row.iter().position(|&t| t == max).expect("max is in the row") as u32
+                        row.iter()
+                            .position(|&t| t == max)
+                            .expect("max is in the row") as u32
                     })
                     .collect();
-                let rows = gather::gather_rows(ctx, &normed, &Tensor::from_u32(ctx, &eos, &[batch, 1])?)?;
+                let rows =
+                    gather::gather_rows(ctx, &normed, &Tensor::from_u32(ctx, &eos, &[batch, 1])?)?;
                 Some(proj.forward(ctx, &rows.reshape(&[batch, d])?, None)?)
             }
             _ => None,
         };
-        Ok(ClipOutput { penultimate, pooled })
+        Ok(ClipOutput {
+            penultimate,
+            pooled,
+        })
     }
 }

@@ -277,8 +277,7 @@ impl UNet2DConditionModel {
         );
         let mut down_blocks = Vec::new();
         let mut prev = ch[0];
-        for i in 0..levels {
-            let out = ch[i];
+        for (i, &out) in ch.iter().enumerate() {
             let p = format!("down_blocks.{i}");
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();

@@ -77,20 +77,44 @@ impl VaeConfig {
 
     /// Reads and validates `config.json` (a file or a folder holding one).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io { path: file.display().to_string(), source })?;
-        let cfg: VaeConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::Invalid(format!("{}: not an AutoencoderKL config ({e})", file.display())))?;
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
+            path: file.display().to_string(),
+            source,
+        })?;
+        let cfg: VaeConfig = serde_json::from_str(&text).map_err(|e| {
+            Error::Invalid(format!(
+                "{}: not an AutoencoderKL config ({e})",
+                file.display()
+            ))
+        })?;
         if let Some(types) = &cfg.up_block_types {
             if let Some(t) = types.iter().find(|t| t.as_str() != "UpDecoderBlock2D") {
-                return Err(Error::Invalid(format!("{}: unsupported 'up_block_types' entry \"{t}\"", file.display())));
+                return Err(Error::Invalid(format!(
+                    "{}: unsupported 'up_block_types' entry \"{t}\"",
+                    file.display()
+                )));
             }
         }
         if cfg.shift_factor.is_some_and(|s| s != 0.0) {
-            return Err(Error::Invalid(format!("{}: unsupported 'shift_factor' (SD-XL's VAE has none)", file.display())));
+            return Err(Error::Invalid(format!(
+                "{}: unsupported 'shift_factor' (SD-XL's VAE has none)",
+                file.display()
+            )));
         }
-        if cfg.block_out_channels.iter().any(|c| c % cfg.norm_num_groups != 0) {
-            return Err(Error::Invalid(format!("{}: block_out_channels not divisible by norm_num_groups", file.display())));
+        if cfg
+            .block_out_channels
+            .iter()
+            .any(|c| c % cfg.norm_num_groups != 0)
+        {
+            return Err(Error::Invalid(format!(
+                "{}: block_out_channels not divisible by norm_num_groups",
+                file.display()
+            )));
         }
         Ok(cfg)
     }
@@ -117,12 +141,15 @@ impl VaeResnet {
             conv1: Conv2d::load(l, &format!("{p}.conv1"), inp, out, 3, 1, 1),
             norm2: GroupNorm::load(l, &format!("{p}.norm2"), out, groups, 1e-6),
             conv2: Conv2d::load(l, &format!("{p}.conv2"), out, out, 3, 1, 1),
-            conv_shortcut: (inp != out).then(|| Conv2d::load(l, &format!("{p}.conv_shortcut"), inp, out, 1, 1, 0)),
+            conv_shortcut: (inp != out)
+                .then(|| Conv2d::load(l, &format!("{p}.conv_shortcut"), inp, out, 1, 1, 0)),
         }
     }
 
     fn forward(&self, ctx: &GpuContext, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(ctx, &self.norm1.forward(ctx, x, true)?, None)?;
+        let h = self
+            .conv1
+            .forward(ctx, &self.norm1.forward(ctx, x, true)?, None)?;
         let h = self.norm2.forward(ctx, &h, true)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(ctx, x, None)?,
@@ -164,7 +191,17 @@ impl VaeAttention {
         let k = self.to_k.forward(ctx, &h, None)?;
         let v = self.to_v.forward(ctx, &h, None)?;
         let o = if c <= MAX_HEAD_DIM {
-            attention::attention(ctx, &q, &k, &v, &AttentionOptions { heads: 1, scale: None, causal: false })?
+            attention::attention(
+                ctx,
+                &q,
+                &k,
+                &v,
+                &AttentionOptions {
+                    heads: 1,
+                    scale: None,
+                    causal: false,
+                },
+            )?
         } else {
             explicit_attention(ctx, &q, &k, &v)?
         };
@@ -186,10 +223,20 @@ fn explicit_attention(ctx: &GpuContext, q: &Tensor, k: &Tensor, v: &Tensor) -> R
         let qc = if len == n {
             q.clone()
         } else {
-            let idx: Vec<u32> = (0..b).flat_map(|_| (start..start + len).map(|i| i as u32)).collect();
+            let idx: Vec<u32> = (0..b)
+                .flat_map(|_| (start..start + len).map(|i| i as u32))
+                .collect();
             crate::ops::gather::gather_rows(ctx, q, &Tensor::from_u32(ctx, &idx, &[b, len])?)?
         };
-        let scores = matmul::matmul(ctx, &qc, k, &matmul::MatmulOptions { trans_b: true, ..Default::default() })?;
+        let scores = matmul::matmul(
+            ctx,
+            &qc,
+            k,
+            &matmul::MatmulOptions {
+                trans_b: true,
+                ..Default::default()
+            },
+        )?;
         let probs = softmax::softmax(ctx, &scores, scale)?;
         parts.push(matmul::matmul(ctx, &probs, v, &Default::default())?);
     }
@@ -219,21 +266,43 @@ impl VaeDecoder {
         let g = cfg.norm_num_groups;
         let top = *ch.last().expect("at least one block");
         let lat = cfg.latent_channels;
-        let post_quant_conv = cfg.use_post_quant_conv.then(|| Conv2d::load(l, "post_quant_conv", lat, lat, 1, 1, 0));
+        let post_quant_conv = cfg
+            .use_post_quant_conv
+            .then(|| Conv2d::load(l, "post_quant_conv", lat, lat, 1, 1, 0));
         let conv_in = Conv2d::load(l, "decoder.conv_in", lat, top, 3, 1, 1);
         let mid_resnets = [
             VaeResnet::load(l, "decoder.mid_block.resnets.0", g, top, top),
             VaeResnet::load(l, "decoder.mid_block.resnets.1", g, top, top),
         ];
-        let mid_attention = cfg.mid_block_add_attention.then(|| VaeAttention::load(l, "decoder.mid_block.attentions.0", g, top));
+        let mid_attention = cfg
+            .mid_block_add_attention
+            .then(|| VaeAttention::load(l, "decoder.mid_block.attentions.0", g, top));
         let mut up_blocks = Vec::new();
         let mut prev = top;
         for i in 0..ch.len() {
             let out = ch[ch.len() - 1 - i];
             let resnets = (0..cfg.layers_per_block + 1)
-                .map(|j| VaeResnet::load(l, &format!("decoder.up_blocks.{i}.resnets.{j}"), g, if j == 0 { prev } else { out }, out))
+                .map(|j| {
+                    VaeResnet::load(
+                        l,
+                        &format!("decoder.up_blocks.{i}.resnets.{j}"),
+                        g,
+                        if j == 0 { prev } else { out },
+                        out,
+                    )
+                })
                 .collect();
-            let up = (i + 1 < ch.len()).then(|| Conv2d::load(l, &format!("decoder.up_blocks.{i}.upsamplers.0.conv"), out, out, 3, 1, 1));
+            let up = (i + 1 < ch.len()).then(|| {
+                Conv2d::load(
+                    l,
+                    &format!("decoder.up_blocks.{i}.upsamplers.0.conv"),
+                    out,
+                    out,
+                    3,
+                    1,
+                    1,
+                )
+            });
             up_blocks.push((resnets, up));
             prev = out;
         }
@@ -254,7 +323,13 @@ impl VaeDecoder {
     pub fn decode(&self, ctx: &GpuContext, latents: &Tensor) -> Result<Tensor> {
         let s = latents.shape();
         if s.len() != 4 || s[1] != self.config.latent_channels {
-            return Err(Error::shape("vae", format!("latents must be [B, {}, h, w], got {s:?}", self.config.latent_channels)));
+            return Err(Error::shape(
+                "vae",
+                format!(
+                    "latents must be [B, {}, h, w], got {s:?}",
+                    self.config.latent_channels
+                ),
+            ));
         }
         let z = elementwise::scale(ctx, latents, 1.0 / self.config.scaling_factor, 0.0)?;
         let z = match &self.post_quant_conv {

@@ -325,7 +325,12 @@ impl<'a> WeightLoader<'a> {
     /// decoding), so [`finish`](WeightLoader::finish) does not report them as unexpected.
     pub fn ignore_prefix(&mut self, prefix: &str) {
         if let Some(store) = self.store {
-            self.used.extend(store.names().filter(|n| n.starts_with(prefix)).map(String::from));
+            self.used.extend(
+                store
+                    .names()
+                    .filter(|n| n.starts_with(prefix))
+                    .map(String::from),
+            );
         }
     }
 
@@ -433,15 +438,24 @@ impl<'a> WeightLoader<'a> {
     }
 }
 
+/// Host tensors by name: shape and f32 data.
+pub type HostTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Reads the float tensors of a safetensors file into host f32 tensors (inputs and references,
 /// small files); tensors of other dtypes (integer ids) are skipped.
-pub fn read_all_f32(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn read_all_f32(path: &Path) -> Result<HostTensors> {
     let file = SafetensorsFile::open(path)?;
     let floats: Vec<String> = file
         .names()
         .into_iter()
-        .filter(|n| file.bytes(n).is_some_and(|(dt, _, _)| matches!(dt, Dtype::F32 | Dtype::F16 | Dtype::BF16)))
+        .filter(|n| {
+            file.bytes(n)
+                .is_some_and(|(dt, _, _)| matches!(dt, Dtype::F32 | Dtype::F16 | Dtype::BF16))
+        })
         .collect();
     let store = WeightStore::from_files(vec![file])?;
-    floats.iter().map(|n| Ok((n.clone(), store.read_f32(n)?))).collect()
+    floats
+        .iter()
+        .map(|n| Ok((n.clone(), store.read_f32(n)?)))
+        .collect()
 }

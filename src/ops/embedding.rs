@@ -40,7 +40,7 @@ fn frequencies(op: &'static str, cfg: &TimestepEmbedding) -> Result<Vec<f32>> {
             format!("dim {} must be in 2..={}", cfg.dim, 2 * MAX_HALF + 1),
         ));
     }
-    if denom == 0.0 || !denom.is_finite() || !(cfg.max_period > 0.0) {
+    if denom == 0.0 || !denom.is_finite() || cfg.max_period.is_nan() || cfg.max_period <= 0.0 {
         return Err(Error::Invalid(format!(
             "{op}: dim {} with downscale_freq_shift {} and max_period {} gives no finite frequencies",
             cfg.dim, cfg.downscale_freq_shift, cfg.max_period

@@ -29,23 +29,40 @@ pub fn guidance(ctx: &GpuContext, eps: &Tensor, scale: f32, rescale: f32) -> Res
     let dtype = float_dtype(OP, &[("eps", eps)])?;
     let s = eps.shape();
     if s.is_empty() || s[0] % 2 != 0 {
-        return Err(Error::shape(OP, format!("eps must have an even batch [uncond; cond], got {s:?}")));
+        return Err(Error::shape(
+            OP,
+            format!("eps must have an even batch [uncond; cond], got {s:?}"),
+        ));
     }
     if !(0.0..=1.0).contains(&rescale) {
-        return Err(Error::Invalid(format!("guidance rescale must be in [0, 1], got {rescale}")));
+        return Err(Error::Invalid(format!(
+            "guidance rescale must be in [0, 1], got {rescale}"
+        )));
     }
     let images = s[0] / 2;
     let n = eps.numel() / s[0];
     let mut out_shape = s.to_vec();
     out_shape[0] = images;
     let out = Tensor::empty(ctx, &out_shape, dtype)?;
-    let params = GuidanceParams { n: dim32(OP, n)?, images: dim32(OP, images)?, scale, rescale };
+    let params = GuidanceParams {
+        n: dim32(OP, n)?,
+        images: dim32(OP, images)?,
+        scale,
+        rescale,
+    };
     let (kernel, grid) = if rescale > 0.0 {
         (&CFG_RESCALE, [dim32(OP, images)?, 1, 1])
     } else {
         (&CFG, ctx.grid((n * images).div_ceil(256) as u64))
     };
-    ctx.dispatch(OP, kernel, dtype, bytemuck::bytes_of(&params), &[("eps", eps), ("out", &out)], grid)?;
+    ctx.dispatch(
+        OP,
+        kernel,
+        dtype,
+        bytemuck::bytes_of(&params),
+        &[("eps", eps), ("out", &out)],
+        grid,
+    )?;
     Ok(out)
 }
 
@@ -56,7 +73,11 @@ pub fn cpu_guidance(eps: &[f32], n: usize, scale: f32, rescale: f32) -> Vec<f32>
     for b in 0..images {
         let u = &eps[b * n..(b + 1) * n];
         let c = &eps[(images + b) * n..(images + b + 1) * n];
-        let cfg: Vec<f64> = u.iter().zip(c).map(|(&u, &c)| u as f64 + scale as f64 * (c as f64 - u as f64)).collect();
+        let cfg: Vec<f64> = u
+            .iter()
+            .zip(c)
+            .map(|(&u, &c)| u as f64 + scale as f64 * (c as f64 - u as f64))
+            .collect();
         let std = |v: &mut dyn Iterator<Item = f64>| {
             let v: Vec<f64> = v.collect();
             let m = v.iter().sum::<f64>() / v.len() as f64;

@@ -3,6 +3,19 @@
 //! Prompt -> both CLIP tokenizers and text encoders -> Euler denoising with classifier-free
 //! guidance (batch [uncond, cond], one UNet forward per step) -> VAE decode, all on the GPU;
 //! the only host round trips are the token ids going in and the results coming out.
+//!
+//! ```no_run
+//! use atedm::gpu::GpuContext;
+//! use atedm::pipeline::generate::{GenerateRequest, LoadOptions, SdxlPipeline};
+//! let ctx = GpuContext::new(&Default::default())?;
+//! let pipe = SdxlPipeline::load(&ctx, "path/to/sdxl".as_ref(), &LoadOptions::default())?;
+//! for seed in 0..4 {
+//!     let req = GenerateRequest { prompt: "a lighthouse at dusk".into(), seed, ..Default::default() };
+//!     let image = pipe.generate(&ctx, &req, |step, steps| eprintln!("{step}/{steps}"))?;
+//!     let _rgb: Vec<u8> = image.rgb8();
+//! }
+//! # Ok::<(), atedm::Error>(())
+//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -30,7 +43,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { dtype: DType::F16, vae_dtype: None }
+        LoadOptions {
+            dtype: DType::F16,
+            vae_dtype: None,
+        }
     }
 }
 
@@ -124,18 +140,27 @@ fn part(root: &Path, name: &str) -> Result<PathBuf> {
     if p.is_dir() {
         Ok(p)
     } else {
-        Err(Error::Invalid(format!("{}: missing model part '{name}/' (expected a diffusers SD-XL pipeline folder)", root.display())))
+        Err(Error::Invalid(format!(
+            "{}: missing model part '{name}/' (expected a diffusers SD-XL pipeline folder)",
+            root.display()
+        )))
     }
 }
 
-fn load_clip(ctx: &GpuContext, dir: &Path, dtype: DType, with_projection: bool) -> Result<ClipTextModel> {
+fn load_clip(
+    ctx: &GpuContext,
+    dir: &Path,
+    dtype: DType,
+    with_projection: bool,
+) -> Result<ClipTextModel> {
     let cfg = ClipTextConfig::from_file(dir)?;
     let store = WeightStore::open_diffusers(dir, "model", dtype == DType::F16)?;
     let mut l = WeightLoader::new(ctx, &store, dtype);
     // Some exports carry transformers' position_ids buffer: not a weight.
     l.ignore_prefix("text_model.embeddings.position_ids");
     let model = ClipTextModel::build(&cfg, &mut l, with_projection)?;
-    l.finish().map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    l.finish()
+        .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
     Ok(model)
 }
 
@@ -153,7 +178,10 @@ impl SdxlPipeline {
             )));
         }
         if !path.join("model_index.json").is_file() {
-            return Err(Error::Invalid(format!("{}: not a diffusers pipeline folder (no model_index.json)", path.display())));
+            return Err(Error::Invalid(format!(
+                "{}: not a diffusers pipeline folder (no model_index.json)",
+                path.display()
+            )));
         }
         let tokenizer = ClipTokenizer::from_dir(&part(path, "tokenizer")?, Padding::Eos)?;
         let tokenizer_2 = ClipTokenizer::from_dir(&part(path, "tokenizer_2")?, Padding::BANG)?;
@@ -161,7 +189,9 @@ impl SdxlPipeline {
         let text_encoder_2 = load_clip(ctx, &part(path, "text_encoder_2")?, opts.dtype, true)?;
         let unet = load_unet(ctx, &part(path, "unet")?, None, opts.dtype)?;
         let cross = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size;
-        if unet.config.cross_attention_dim != cross || Some(unet.config.text_embeds_dim()) != text_encoder_2.config.projection_dim {
+        if unet.config.cross_attention_dim != cross
+            || Some(unet.config.text_embeds_dim()) != text_encoder_2.config.projection_dim
+        {
             return Err(Error::Invalid(format!(
                 "{}: the text encoders (hidden {} + {}, projection {:?}) do not fit the UNet (cross_attention_dim {}, text embeds {}): not an SD-XL pipeline",
                 path.display(),
@@ -174,17 +204,39 @@ impl SdxlPipeline {
         }
         let vae_dir = part(path, "vae")?;
         let vae_cfg = VaeConfig::from_file(&vae_dir)?;
-        let vae_dtype = opts.vae_dtype.unwrap_or(if vae_cfg.force_upcast { DType::F32 } else { opts.dtype });
-        let store = WeightStore::open_diffusers(&vae_dir, "diffusion_pytorch_model", vae_dtype == DType::F16)?;
+        let vae_dtype = opts.vae_dtype.unwrap_or(if vae_cfg.force_upcast {
+            DType::F32
+        } else {
+            opts.dtype
+        });
+        let store = WeightStore::open_diffusers(
+            &vae_dir,
+            "diffusion_pytorch_model",
+            vae_dtype == DType::F16,
+        )?;
         let mut l = WeightLoader::new(ctx, &store, vae_dtype);
         l.ignore_prefix("encoder.");
         l.ignore_prefix("quant_conv.");
         let vae = VaeDecoder::build(&vae_cfg, &mut l);
-        l.finish().map_err(|e| Error::Invalid(format!("{}: {e}", vae_dir.display())))?;
+        l.finish()
+            .map_err(|e| Error::Invalid(format!("{}: {e}", vae_dir.display())))?;
         let sched_file = part(path, "scheduler")?.join("scheduler_config.json");
-        let text = std::fs::read_to_string(&sched_file).map_err(|source| Error::Io { path: sched_file.display().to_string(), source })?;
+        let text = std::fs::read_to_string(&sched_file).map_err(|source| Error::Io {
+            path: sched_file.display().to_string(),
+            source,
+        })?;
         let scheduler = EulerConfig::from_json(&text)?;
-        Ok(SdxlPipeline { tokenizer, tokenizer_2, text_encoder, text_encoder_2, unet, vae, scheduler, dtype: opts.dtype, vae_dtype })
+        Ok(SdxlPipeline {
+            tokenizer,
+            tokenizer_2,
+            text_encoder,
+            text_encoder_2,
+            unet,
+            vae,
+            scheduler,
+            dtype: opts.dtype,
+            vae_dtype,
+        })
     }
 
     /// Image sizes must be multiples of this (VAE x UNet downsampling).
@@ -208,11 +260,21 @@ impl SdxlPipeline {
         let h1 = self.text_encoder.forward(ctx, &ids1, n, false)?.penultimate;
         let out2 = self.text_encoder_2.forward(ctx, &ids2, n, true)?;
         let context = layout::concat(ctx, &[&h1, &out2.penultimate], 2)?;
-        Ok((context, out2.pooled.expect("text_encoder_2 has a projection (checked on load)"), truncated))
+        Ok((
+            context,
+            out2.pooled
+                .expect("text_encoder_2 has a projection (checked on load)"),
+            truncated,
+        ))
     }
 
     /// The text conditioning of a prompt and its negative prompt.
-    pub fn encode_prompt(&self, ctx: &GpuContext, prompt: &str, negative: Option<&str>) -> Result<PromptEmbeds> {
+    pub fn encode_prompt(
+        &self,
+        ctx: &GpuContext,
+        prompt: &str,
+        negative: Option<&str>,
+    ) -> Result<PromptEmbeds> {
         let negative = negative.filter(|n| !n.is_empty());
         let (ctx_all, pooled_all, truncated) = match negative {
             Some(neg) => self.encode(ctx, &[neg, prompt])?,
@@ -225,7 +287,11 @@ impl SdxlPipeline {
             let s = t.shape();
             let width: usize = s[1..].iter().product();
             let flat = t.reshape(&[1, rows, width])?;
-            let picked = crate::ops::gather::gather_rows(ctx, &flat, &Tensor::from_u32(ctx, &[row as u32], &[1, 1])?)?;
+            let picked = crate::ops::gather::gather_rows(
+                ctx,
+                &flat,
+                &Tensor::from_u32(ctx, &[row as u32], &[1, 1])?,
+            )?;
             let mut shape = s.to_vec();
             shape[0] = 1;
             picked.reshape(&shape)
@@ -261,16 +327,27 @@ impl SdxlPipeline {
             return Err(Error::Invalid("steps must be at least 1".into()));
         }
         if !req.guidance.is_finite() || req.guidance < 0.0 {
-            return Err(Error::Invalid(format!("guidance must be a finite number >= 0, got {}", req.guidance)));
+            return Err(Error::Invalid(format!(
+                "guidance must be a finite number >= 0, got {}",
+                req.guidance
+            )));
         }
         if !(0.0..=1.0).contains(&req.guidance_rescale) {
-            return Err(Error::Invalid(format!("guidance rescale must be in [0, 1], got {}", req.guidance_rescale)));
+            return Err(Error::Invalid(format!(
+                "guidance rescale must be in [0, 1], got {}",
+                req.guidance_rescale
+            )));
         }
         Ok(())
     }
 
     /// Generates one image. `progress(step, steps)` is called after every denoising step.
-    pub fn generate(&self, ctx: &GpuContext, req: &GenerateRequest, mut progress: impl FnMut(usize, usize)) -> Result<GenerateOutput> {
+    pub fn generate(
+        &self,
+        ctx: &GpuContext,
+        req: &GenerateRequest,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<GenerateOutput> {
         self.check_request(req)?;
         let down = self.vae.config.upsampling();
         let (lh, lw) = (req.height / down, req.width / down);
@@ -280,7 +357,10 @@ impl SdxlPipeline {
         let noise = match &req.latents {
             Some(v) if v.len() == n => v.clone(),
             Some(v) => {
-                return Err(Error::Invalid(format!("initial latents have {} values; {latent_shape:?} needs {n}", v.len())));
+                return Err(Error::Invalid(format!(
+                    "initial latents have {} values; {latent_shape:?} needs {n}",
+                    v.len()
+                )));
             }
             None => standard_normal(req.seed, n),
         };
@@ -291,20 +371,42 @@ impl SdxlPipeline {
         let cfg = req.guidance > 1.0;
         let (context, text_embeds, batch) = if cfg {
             (
-                layout::concat(ctx, &[&embeds.negative_prompt_embeds, &embeds.prompt_embeds], 0)?,
-                layout::concat(ctx, &[&embeds.negative_pooled_prompt_embeds, &embeds.pooled_prompt_embeds], 0)?,
+                layout::concat(
+                    ctx,
+                    &[&embeds.negative_prompt_embeds, &embeds.prompt_embeds],
+                    0,
+                )?,
+                layout::concat(
+                    ctx,
+                    &[
+                        &embeds.negative_pooled_prompt_embeds,
+                        &embeds.pooled_prompt_embeds,
+                    ],
+                    0,
+                )?,
                 2,
             )
         } else {
-            (embeds.prompt_embeds.clone(), embeds.pooled_prompt_embeds.clone(), 1)
+            (
+                embeds.prompt_embeds.clone(),
+                embeds.pooled_prompt_embeds.clone(),
+                1,
+            )
         };
         let (h, w) = (req.height as f32, req.width as f32);
         let time_ids: Vec<f32> = (0..batch).flat_map(|_| [h, w, 0.0, 0.0, h, w]).collect();
 
-        let init: Vec<f32> = noise.iter().map(|v| v * schedule.init_noise_sigma).collect();
+        let init: Vec<f32> = noise
+            .iter()
+            .map(|v| v * schedule.init_noise_sigma)
+            .collect();
         let mut x = Tensor::from_f32(ctx, &init, &latent_shape, self.dtype)?;
         for i in 0..req.steps {
-            let xin = if cfg { layout::concat(ctx, &[&x, &x], 0)? } else { x.clone() };
+            let xin = if cfg {
+                layout::concat(ctx, &[&x, &x], 0)?
+            } else {
+                x.clone()
+            };
             let xin = elementwise::scale(ctx, &xin, schedule.input_scale(i), 0.0)?;
             let eps = self.unet.forward(
                 ctx,
@@ -316,30 +418,56 @@ impl SdxlPipeline {
                     time_ids: &time_ids,
                 },
             )?;
-            let eps = if cfg { guidance::guidance(ctx, &eps, req.guidance, req.guidance_rescale)? } else { eps };
-            x = elementwise::binary(ctx, &x, &eps, elementwise::BinaryOp::Add { alpha: schedule.dt(i) })?;
+            let eps = if cfg {
+                guidance::guidance(ctx, &eps, req.guidance, req.guidance_rescale)?
+            } else {
+                eps
+            };
+            x = elementwise::binary(
+                ctx,
+                &x,
+                &eps,
+                elementwise::BinaryOp::Add {
+                    alpha: schedule.dt(i),
+                },
+            )?;
             ctx.flush()?;
             progress(i + 1, req.steps);
         }
         let latents_final = x.to_f32_vec(ctx)?;
         if let Some(i) = latents_final.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Invalid(format!("the denoising loop (UNet) produced a non-finite latent at index {i}")));
+            return Err(Error::Invalid(format!(
+                "the denoising loop (UNet) produced a non-finite latent at index {i}"
+            )));
         }
-        let z = if self.vae_dtype == self.dtype { x } else { Tensor::from_f32(ctx, &latents_final, &latent_shape, self.vae_dtype)? };
+        let z = if self.vae_dtype == self.dtype {
+            x
+        } else {
+            Tensor::from_f32(ctx, &latents_final, &latent_shape, self.vae_dtype)?
+        };
         let image = self.vae.decode(ctx, &z)?.to_f32_vec(ctx)?;
         if let Some(i) = image.iter().position(|v| !v.is_finite()) {
             return Err(Error::Invalid(format!(
                 "the VAE decoder produced a non-finite value at index {i} (with an f16 VAE, use --vae-dtype f32)"
             )));
         }
-        Ok(GenerateOutput { embeds, latents_final, latent_shape, image, width: req.width, height: req.height })
+        Ok(GenerateOutput {
+            embeds,
+            latents_final,
+            latent_shape,
+            image,
+            width: req.width,
+            height: req.height,
+        })
     }
 }
 
 fn check_finite(ctx: &GpuContext, stage: &str, t: &Tensor) -> Result<()> {
     let v = t.to_f32_vec(ctx)?;
     match v.iter().position(|x| !x.is_finite()) {
-        Some(i) => Err(Error::Invalid(format!("the {stage} produced a non-finite value at index {i}"))),
+        Some(i) => Err(Error::Invalid(format!(
+            "the {stage} produced a non-finite value at index {i}"
+        ))),
         None => Ok(()),
     }
 }

@@ -1,4 +1,4 @@
 //! The text-to-image pipeline: scheduler, guidance and generation.
 
-pub mod scheduler;
 pub mod generate;
+pub mod scheduler;

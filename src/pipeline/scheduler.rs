@@ -19,7 +19,12 @@ pub struct EulerConfig {
 impl Default for EulerConfig {
     /// SD-XL base's scheduler config.
     fn default() -> Self {
-        EulerConfig { num_train_timesteps: 1000, beta_start: 0.00085, beta_end: 0.012, steps_offset: 1 }
+        EulerConfig {
+            num_train_timesteps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            steps_offset: 1,
+        }
     }
 }
 
@@ -27,8 +32,8 @@ impl EulerConfig {
     /// Reads `scheduler/scheduler_config.json`, refusing settings this scheduler does not
     /// implement (naming the field).
     pub fn from_json(text: &str) -> Result<Self> {
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::Invalid(format!("scheduler config: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::Invalid(format!("scheduler config: {e}")))?;
         let get = |k: &str| v.get(k).filter(|x| !x.is_null());
         let check = |k: &str, want: &str| -> Result<()> {
             match get(k).and_then(|x| x.as_str()) {
@@ -42,18 +47,28 @@ impl EulerConfig {
         check("timestep_spacing", "leading")?;
         check("prediction_type", "epsilon")?;
         check("interpolation_type", "linear")?;
-        for flag in ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "rescale_betas_zero_snr"] {
+        for flag in [
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "rescale_betas_zero_snr",
+        ] {
             if get(flag).and_then(|x| x.as_bool()) == Some(true) {
-                return Err(Error::Invalid(format!("unsupported scheduler config: '{flag}' is true")));
+                return Err(Error::Invalid(format!(
+                    "unsupported scheduler config: '{flag}' is true"
+                )));
             }
         }
         if get("trained_betas").is_some() {
-            return Err(Error::Invalid("unsupported scheduler config: 'trained_betas' is set".into()));
+            return Err(Error::Invalid(
+                "unsupported scheduler config: 'trained_betas' is set".into(),
+            ));
         }
         let d = Self::default();
         let num = |k: &str| get(k).and_then(|x| x.as_f64());
         Ok(EulerConfig {
-            num_train_timesteps: num("num_train_timesteps").map_or(d.num_train_timesteps, |x| x as usize),
+            num_train_timesteps: num("num_train_timesteps")
+                .map_or(d.num_train_timesteps, |x| x as usize),
             beta_start: num("beta_start").map_or(d.beta_start, |x| x as f32),
             beta_end: num("beta_end").map_or(d.beta_end, |x| x as f32),
             steps_offset: num("steps_offset").map_or(d.steps_offset, |x| x as usize),
@@ -77,10 +92,14 @@ impl EulerSchedule {
     pub fn new(cfg: &EulerConfig, steps: usize) -> Result<Self> {
         let n = cfg.num_train_timesteps;
         if steps == 0 {
-            return Err(Error::Invalid("the number of steps must be at least 1".into()));
+            return Err(Error::Invalid(
+                "the number of steps must be at least 1".into(),
+            ));
         }
         if steps > n {
-            return Err(Error::Invalid(format!("{steps} steps is more than the scheduler's {n} training timesteps")));
+            return Err(Error::Invalid(format!(
+                "{steps} steps is more than the scheduler's {n} training timesteps"
+            )));
         }
         // torch: linspace(sqrt(start), sqrt(end), n, dtype=float32) ** 2, in f32.
         let (a, b) = (cfg.beta_start.sqrt(), cfg.beta_end.sqrt());
@@ -94,11 +113,21 @@ impl EulerSchedule {
         }
         // numpy: timesteps = (arange(steps) * (n // steps)).round()[::-1] + offset.
         let ratio = n / steps;
-        let timesteps: Vec<f32> = (0..steps).rev().map(|i| (i * ratio + cfg.steps_offset) as f32).collect();
-        let mut sigmas: Vec<f32> = timesteps.iter().map(|&t| interp(&table, t as f64) as f32).collect();
+        let timesteps: Vec<f32> = (0..steps)
+            .rev()
+            .map(|i| (i * ratio + cfg.steps_offset) as f32)
+            .collect();
+        let mut sigmas: Vec<f32> = timesteps
+            .iter()
+            .map(|&t| interp(&table, t as f64) as f32)
+            .collect();
         let max = sigmas.iter().fold(0f32, |m, &s| m.max(s));
         sigmas.push(0.0);
-        Ok(EulerSchedule { timesteps, sigmas, init_noise_sigma: (max * max + 1.0).sqrt() })
+        Ok(EulerSchedule {
+            timesteps,
+            sigmas,
+            init_noise_sigma: (max * max + 1.0).sqrt(),
+        })
     }
 
     /// Factor of `scale_model_input` at step `i`: 1 / sqrt(sigma^2 + 1).
@@ -154,20 +183,34 @@ mod tests {
         assert_eq!(s.timesteps[1], 961.0);
         assert_eq!(s.timesteps[49], 1.0);
         assert!((s.sigmas[0] - 13.120411).abs() < 2e-5, "{}", s.sigmas[0]);
-        assert!((s.init_noise_sigma - 13.158464).abs() < 2e-5, "{}", s.init_noise_sigma);
+        assert!(
+            (s.init_noise_sigma - 13.158464).abs() < 2e-5,
+            "{}",
+            s.init_noise_sigma
+        );
         assert_eq!(s.sigmas[50], 0.0);
         assert!(s.sigmas.windows(2).all(|w| w[0] > w[1]));
     }
 
     #[test]
     fn bad_step_counts_and_configs_are_errors() {
-        assert!(EulerSchedule::new(&EulerConfig::default(), 0).unwrap_err().to_string().contains("at least 1"));
+        assert!(EulerSchedule::new(&EulerConfig::default(), 0)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1"));
         assert!(EulerSchedule::new(&EulerConfig::default(), 1001).is_err());
-        let e = EulerConfig::from_json(r#"{"timestep_spacing": "trailing"}"#).unwrap_err().to_string();
+        let e = EulerConfig::from_json(r#"{"timestep_spacing": "trailing"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timestep_spacing"), "{e}");
-        let e = EulerConfig::from_json(r#"{"use_karras_sigmas": true}"#).unwrap_err().to_string();
+        let e = EulerConfig::from_json(r#"{"use_karras_sigmas": true}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("use_karras_sigmas"), "{e}");
-        let c = EulerConfig::from_json(r#"{"beta_start": 0.001, "steps_offset": 0, "use_karras_sigmas": false}"#).unwrap();
+        let c = EulerConfig::from_json(
+            r#"{"beta_start": 0.001, "steps_offset": 0, "use_karras_sigmas": false}"#,
+        )
+        .unwrap();
         assert_eq!((c.beta_start, c.steps_offset), (0.001, 0));
     }
 }
