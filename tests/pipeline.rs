@@ -300,3 +300,36 @@ fn generation_f16_matches_diffusers_within_f16_bounds() {
     let r = assert_close(&out.image, &refs["image"].1, 2e-2, "f16 image");
     eprintln!("f16 image: {r:.2e}");
 }
+
+#[test]
+fn vae_tiled_decode_matches_diffusers() {
+    // tools/make_vae_tiling_fixture.py: diffusers' tiled_decode with 4-latent (32 px) tiles,
+    // overlap factor 0.25, on latents [1, 4, 12, 16]; tiles are normalized separately, so the
+    // tiled image differs from the whole one (by up to 1.7 here) and this checks the tiling.
+    let p = pipeline(DType::F32);
+    let refs = read_all_f32(&fixture("vae_tiled.safetensors")).unwrap();
+    let latents = &refs["latents"].1;
+    let shape = [1, 4, 12, 16];
+    let tiled = p
+        .vae
+        .decode_tiled(ctx(), latents, shape, 4, DType::F32)
+        .unwrap();
+    let r = assert_close(&tiled, &refs["image_tiled"].1, 2e-3, "tiled decode");
+    eprintln!("tiled decode: {r:.2e}");
+    let whole = p
+        .vae
+        .decode_host(ctx(), latents, shape, DType::F32)
+        .unwrap();
+    assert_close(&whole, &refs["image_whole"].1, 2e-3, "whole decode");
+    // The SD-XL VAE at 1024 px: its largest activation (the 256-channel upsampled map at
+    // 1024x1024) is 1 GiB in f32, so decode_host tiles it on adapters with smaller bindings.
+    let sdxl = atedm::model::vae::VaeConfig::sdxl();
+    assert_eq!(
+        sdxl.largest_activation_bytes(128, 128, DType::F32),
+        256 * 1024 * 1024 * 4
+    );
+    assert_eq!(
+        sdxl.largest_activation_bytes(32, 32, DType::F32),
+        256 * 256 * 256 * 4
+    );
+}

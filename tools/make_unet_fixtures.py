@@ -13,7 +13,6 @@ rewrites the same bytes.
 """
 
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,29 +23,10 @@ REQS = os.path.join(HERE, "requirements.txt")
 OUT_ROOT = os.path.join(ROOT, "tests", "fixtures", "unet")
 
 
-def _in_venv():
-    return os.path.realpath(sys.prefix) == os.path.realpath(VENV)
+sys.path.insert(0, HERE)
+import venv_bootstrap  # noqa: E402
 
-
-def _bootstrap():
-    """Create tools/.venv if needed, then re-exec this script inside it."""
-    if _in_venv():
-        return
-    if not os.path.exists(VENV_PY):
-        print(f"[bootstrap] creating {VENV}", flush=True)
-        subprocess.check_call([sys.executable, "-m", "venv", VENV])
-        subprocess.check_call([VENV_PY, "-m", "pip", "install", "-q", "--upgrade", "pip"])
-    try:
-        subprocess.check_call(
-            [VENV_PY, "-c", "import torch, diffusers, safetensors, numpy"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except subprocess.CalledProcessError:
-        print(f"[bootstrap] pip install -r {REQS}", flush=True)
-        subprocess.check_call([VENV_PY, "-m", "pip", "install", "-q", "-r", REQS])
-    os.execv(VENV_PY, [VENV_PY, os.path.abspath(__file__)] + sys.argv[1:])
-
-
-_bootstrap()
+venv_bootstrap.ensure(__file__)
 
 # ---------------------------------------------------------------------------
 # Inside the venv from here on.

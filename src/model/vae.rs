@@ -10,7 +10,7 @@ use crate::model::nn::{Conv2d, GroupNorm, Linear};
 use crate::model::weights::WeightLoader;
 use crate::ops::attention::{self, AttentionOptions, MAX_HEAD_DIM};
 use crate::ops::{elementwise, layout, matmul, softmax};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// `AutoencoderKL` config fields the decoder needs.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -117,6 +117,25 @@ impl VaeConfig {
             )));
         }
         Ok(cfg)
+    }
+
+    /// Bytes of the largest activation the decoder holds for a `h x w` latent (one image):
+    /// what must fit in one storage binding.
+    pub fn largest_activation_bytes(&self, h: usize, w: usize, dtype: DType) -> u64 {
+        let ch = &self.block_out_channels;
+        let mut prev = *ch.last().expect("at least one block");
+        let mut px = (h * w) as u64;
+        let mut largest = prev as u64 * px;
+        for i in 0..ch.len() {
+            let out = ch[ch.len() - 1 - i];
+            largest = largest.max(prev.max(out) as u64 * px);
+            if i + 1 < ch.len() {
+                px *= 4;
+                largest = largest.max(out as u64 * px);
+            }
+            prev = out;
+        }
+        largest * dtype.size() as u64
     }
 
     /// Spatial upsampling of the decoder (8 for SD-XL).
@@ -316,6 +335,130 @@ impl VaeDecoder {
             conv_norm_out: GroupNorm::load(l, "decoder.conv_norm_out", ch[0], g, 1e-6),
             conv_out: Conv2d::load(l, "decoder.conv_out", ch[0], cfg.out_channels, 3, 1, 1),
         }
+    }
+
+    /// Decodes host latents `[1, C, h, w]` to a host image `[1, 3, 8h, 8w]`, whole when the
+    /// largest activation fits the adapter's storage-binding limit, else in overlapping tiles
+    /// blended as diffusers' `AutoencoderKL.tiled_decode` does (tiles of the largest latent size
+    /// that fits, overlap factor 0.25). Tiling normalizes each tile on its own, so a tiled image
+    /// differs slightly from a whole decode, as in diffusers.
+    pub fn decode_host(
+        &self,
+        ctx: &GpuContext,
+        latents: &[f32],
+        shape: [usize; 4],
+        dtype: DType,
+    ) -> Result<Vec<f32>> {
+        let (h, w) = (shape[2], shape[3]);
+        let limit = ctx.limits().max_storage_buffer_binding_size;
+        if self.config.largest_activation_bytes(h, w, dtype) <= limit {
+            let z = Tensor::from_f32(ctx, latents, &shape, dtype)?;
+            return self.decode(ctx, &z)?.to_f32_vec(ctx);
+        }
+        // Multiples of 4 keep diffusers' tile stride (0.75 tile) equal to its crop size.
+        let mut tile = h.max(w).div_ceil(4) * 4;
+        while tile > 4 && self.config.largest_activation_bytes(tile, tile, dtype) > limit {
+            tile -= 4;
+        }
+        if self.config.largest_activation_bytes(tile, tile, dtype) > limit {
+            return Err(Error::TooLarge {
+                op: "vae",
+                tensor: "the smallest decoder tile".into(),
+                bytes: self.config.largest_activation_bytes(tile, tile, dtype),
+                limit_name: "max_storage_buffer_binding_size",
+                limit,
+            });
+        }
+        self.decode_tiled(ctx, latents, shape, tile, dtype)
+    }
+
+    /// diffusers' tiled decode with latent tiles of `tile` and overlap factor 0.25.
+    pub fn decode_tiled(
+        &self,
+        ctx: &GpuContext,
+        latents: &[f32],
+        shape: [usize; 4],
+        tile: usize,
+        dtype: DType,
+    ) -> Result<Vec<f32>> {
+        let [b, c, h, w] = shape;
+        if b != 1 || tile == 0 || tile % 4 != 0 {
+            return Err(Error::shape("vae", format!("tiled decoding takes one image and a tile that is a multiple of 4, got {shape:?}, tile {tile}")));
+        }
+        let up = self.config.upsampling();
+        // diffusers: overlap_size = int(tile * (1 - 0.25)), blend_extent = int(sample_tile * 0.25).
+        let overlap = ((tile as f64 * 0.75) as usize).max(1);
+        let sample_tile = tile * up;
+        let blend = sample_tile / 4;
+        let row_limit = sample_tile - blend;
+        // Decode every tile (host copies: a tile image is small).
+        let mut rows: Vec<Vec<(usize, usize, Vec<f32>)>> = Vec::new();
+        for i in (0..h).step_by(overlap) {
+            let mut row = Vec::new();
+            for j in (0..w).step_by(overlap) {
+                let (th, tw) = (tile.min(h - i), tile.min(w - j));
+                let mut t = Vec::with_capacity(c * th * tw);
+                for ch in 0..c {
+                    for y in i..i + th {
+                        let base = (ch * h + y) * w;
+                        t.extend_from_slice(&latents[base + j..base + j + tw]);
+                    }
+                }
+                let z = Tensor::from_f32(ctx, &t, &[1, c, th, tw], dtype)?;
+                row.push((th * up, tw * up, self.decode(ctx, &z)?.to_f32_vec(ctx)?));
+            }
+            rows.push(row);
+        }
+        let oc = self.config.out_channels;
+        let (out_h, out_w) = (h * up, w * up);
+        let mut out = vec![0f32; oc * out_h * out_w];
+        // As diffusers: blend each tile in place with its (already blended) upper and left
+        // neighbours, in row-major order, then keep its top-left row_limit x row_limit.
+        for ri in 0..rows.len() {
+            for ci in 0..rows[ri].len() {
+                let (th, tw) = (rows[ri][ci].0, rows[ri][ci].1);
+                let mut cur = std::mem::take(&mut rows[ri][ci].2);
+                if ri > 0 {
+                    let (ah, _, ref above) = rows[ri - 1][ci];
+                    let ext = blend.min(ah).min(th);
+                    for ch in 0..oc {
+                        for y in 0..ext {
+                            let f = y as f32 / ext as f32;
+                            for x in 0..tw {
+                                let a = above[(ch * ah + ah - ext + y) * tw + x];
+                                let v = &mut cur[(ch * th + y) * tw + x];
+                                *v = a * (1.0 - f) + *v * f;
+                            }
+                        }
+                    }
+                }
+                if ci > 0 {
+                    let (_, lw, ref left) = rows[ri][ci - 1];
+                    let ext = blend.min(lw).min(tw);
+                    for ch in 0..oc {
+                        for y in 0..th {
+                            for x in 0..ext {
+                                let f = x as f32 / ext as f32;
+                                let a = left[(ch * th + y) * lw + lw - ext + x];
+                                let v = &mut cur[(ch * th + y) * tw + x];
+                                *v = a * (1.0 - f) + *v * f;
+                            }
+                        }
+                    }
+                }
+                let (y0, x0) = (ri * overlap * up, ci * overlap * up);
+                for ch in 0..oc {
+                    for y in 0..th.min(row_limit).min(out_h - y0) {
+                        for x in 0..tw.min(row_limit).min(out_w - x0) {
+                            out[(ch * out_h + y0 + y) * out_w + x0 + x] =
+                                cur[(ch * th + y) * tw + x];
+                        }
+                    }
+                }
+                rows[ri][ci].2 = cur;
+            }
+        }
+        Ok(out)
     }
 
     /// Decodes latents `[B, latent_channels, h, w]` (as the denoiser produces them, before the

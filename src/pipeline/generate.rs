@@ -440,12 +440,11 @@ impl SdxlPipeline {
                 "the denoising loop (UNet) produced a non-finite latent at index {i}"
             )));
         }
-        let z = if self.vae_dtype == self.dtype {
-            x
-        } else {
-            Tensor::from_f32(ctx, &latents_final, &latent_shape, self.vae_dtype)?
-        };
-        let image = self.vae.decode(ctx, &z)?.to_f32_vec(ctx)?;
+        drop(x);
+        // Whole or tiled, whichever fits the adapter's binding limit (1024 px in f32 is tiled).
+        let image = self
+            .vae
+            .decode_host(ctx, &latents_final, latent_shape, self.vae_dtype)?;
         if let Some(i) = image.iter().position(|v| !v.is_finite()) {
             return Err(Error::Invalid(format!(
                 "the VAE decoder produced a non-finite value at index {i} (with an f16 VAE, use --vae-dtype f32)"
