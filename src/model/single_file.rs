@@ -70,7 +70,10 @@ impl BigGKeyMap {
             "ln_final.weight" => return simple("text_model.final_layer_norm.weight"),
             "ln_final.bias" => return simple("text_model.final_layer_norm.bias"),
             "text_projection" => {
-                return Some(vec![("text_projection.weight".into(), Transform::Transpose)])
+                return Some(vec![(
+                    "text_projection.weight".into(),
+                    Transform::Transpose,
+                )])
             }
             _ => {}
         }
@@ -129,7 +132,11 @@ impl VaeKeyMap {
         let mut add = |o: String, d: String, resnet: bool| p.push((o, d, resnet));
         add("post_quant_conv.".into(), "post_quant_conv.".into(), false);
         add("decoder.conv_in.".into(), "decoder.conv_in.".into(), false);
-        add("decoder.conv_out.".into(), "decoder.conv_out.".into(), false);
+        add(
+            "decoder.conv_out.".into(),
+            "decoder.conv_out.".into(),
+            false,
+        );
         add(
             "decoder.norm_out.".into(),
             "decoder.conv_norm_out.".into(),

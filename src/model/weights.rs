@@ -188,10 +188,7 @@ impl WeightStore {
                 for (name, transform) in map(&key) {
                     let (dt, shape, _) = f.bytes(&key).expect("listed key");
                     check_transform(transform, dt, shape).map_err(|e| {
-                        Error::Invalid(format!(
-                            "{}: '{key}' (for '{name}'): {e}",
-                            f.path.display()
-                        ))
+                        Error::Invalid(format!("{}: '{key}' (for '{name}'): {e}", f.path.display()))
                     })?;
                     if let Some(prev) = entries.insert(
                         name.clone(),
