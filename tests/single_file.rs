@@ -288,3 +288,37 @@ fn missing_and_unknown_tensors_are_named() {
         "{e}"
     );
 }
+
+#[test]
+fn generate_cli_takes_a_single_file_with_config() {
+    let (req, refs) = request("cfg");
+    let dir = std::env::temp_dir().join(format!("atedm-single-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let inter = dir.join("inter.safetensors");
+    let args = atedm::cli::generate::GenerateArgs {
+        model: single(),
+        config: Some(fixture("sdxl-tiny")),
+        prompt: req.prompt,
+        negative_prompt: req.negative_prompt,
+        steps: req.steps,
+        guidance: req.guidance,
+        guidance_rescale: 0.0,
+        seed: 7,
+        width: req.width,
+        height: req.height,
+        dtype: DType::F32,
+        vae_dtype: None,
+        output: dir.join("out.png"),
+        overwrite: false,
+        latents: Some(fixture("cfg.safetensors")),
+        save_intermediates: Some(inter.clone()),
+    };
+    atedm::cli::generate::run(ctx(), &args).unwrap();
+    let got = read_all_f32(&inter).unwrap();
+    assert!(dir.join("out.png").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+    for k in ["latents_final", "image"] {
+        assert_eq!(got[k].0, refs[k].0, "{k} shape");
+        assert_close(&got[k].1, &refs[k].1, 2e-3, k);
+    }
+}
