@@ -24,6 +24,7 @@ fn pipeline(dtype: DType) -> SdxlPipeline {
         &LoadOptions {
             dtype,
             vae_dtype: None,
+            config: None,
         },
     )
     .unwrap()
@@ -132,6 +133,7 @@ fn cli_args(out: &Path) -> atedm::cli::generate::GenerateArgs {
     let (req, _, _) = request("cfg");
     atedm::cli::generate::GenerateArgs {
         model: fixture("sdxl-tiny"),
+        config: None,
         prompt: req.prompt,
         negative_prompt: req.negative_prompt,
         steps: req.steps,

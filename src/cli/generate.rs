@@ -14,9 +14,14 @@ use crate::tensor::DType;
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
-    /// A diffusers SD-XL pipeline folder.
+    /// A diffusers SD-XL pipeline folder, or an original single-file SD-XL checkpoint
+    /// (`sd_xl_base_1.0.safetensors`).
     #[arg(long)]
     pub model: PathBuf,
+    /// With a single-file checkpoint: a diffusers SD-XL pipeline folder holding its configs
+    /// (and tokenizers). Default: the built-in SD-XL base configs and CLIP vocabulary.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[arg(long)]
     pub prompt: String,
     #[arg(long)]
@@ -95,6 +100,7 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
         &LoadOptions {
             dtype: a.dtype,
             vae_dtype: a.vae_dtype,
+            config: a.config.clone(),
         },
     )?;
     eprintln!(

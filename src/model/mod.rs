@@ -6,6 +6,7 @@ pub mod config;
 pub mod keymap;
 pub mod load;
 pub mod nn;
+pub mod single_file;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

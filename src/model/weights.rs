@@ -2,6 +2,7 @@
 //! variants and sharded index files), dtype conversion on upload, and a loader that collects
 //! every missing, unexpected or wrongly shaped tensor into one error.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -71,11 +72,81 @@ impl SafetensorsFile {
     }
 }
 
-/// Where one tensor lives: a file and its key there.
+/// How a store entry is derived from the tensor stored in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transform {
+    /// The tensor as stored.
+    Identity,
+    /// Rows `start..start + len` along the first dimension (e.g. q, k or v of OpenCLIP's
+    /// fused `in_proj_weight` `[3C, C]` / `in_proj_bias` `[3C]`).
+    Rows { start: usize, len: usize },
+    /// The transpose of a 2-D tensor (OpenCLIP's `text_projection`, applied as `x @ P`).
+    Transpose,
+}
+
+/// Where one tensor lives: a file, its key there and the transform applied on read.
 #[derive(Clone, Debug)]
 struct Location {
     file: usize,
     key: String,
+    transform: Transform,
+}
+
+/// Applies `t` to a stored tensor's bytes (dtype-agnostic: `elem` bytes per element).
+/// `shape` is the stored shape; the transform was validated when the store was built.
+fn transformed<'b>(
+    t: Transform,
+    elem: usize,
+    shape: &[usize],
+    bytes: &'b [u8],
+) -> (Vec<usize>, Cow<'b, [u8]>) {
+    match t {
+        Transform::Identity => (shape.to_vec(), Cow::Borrowed(bytes)),
+        Transform::Rows { start, len } => {
+            let row: usize = shape[1..].iter().product::<usize>() * elem;
+            let mut s = shape.to_vec();
+            s[0] = len;
+            (s, Cow::Borrowed(&bytes[start * row..(start + len) * row]))
+        }
+        Transform::Transpose => {
+            let (r, c) = (shape[0], shape[1]);
+            let mut out = vec![0u8; bytes.len()];
+            for i in 0..r {
+                for j in 0..c {
+                    let src = (i * c + j) * elem;
+                    let dst = (j * r + i) * elem;
+                    out[dst..dst + elem].copy_from_slice(&bytes[src..src + elem]);
+                }
+            }
+            (vec![c, r], Cow::Owned(out))
+        }
+    }
+}
+
+fn check_transform(t: Transform, dt: Dtype, shape: &[usize]) -> std::result::Result<(), String> {
+    if t != Transform::Identity && dt.bitsize() % 8 != 0 {
+        return Err(format!("dtype {dt:?} cannot be sliced or transposed"));
+    }
+    match t {
+        Transform::Identity => Ok(()),
+        Transform::Rows { start, len } => {
+            if shape.is_empty() || start + len > shape[0] {
+                Err(format!(
+                    "shape {shape:?} has no rows {start}..{} to split off",
+                    start + len
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Transform::Transpose => {
+            if shape.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("shape {shape:?} is not 2-D, cannot transpose"))
+            }
+        }
+    }
 }
 
 /// A set of weight files seen through one naming scheme (diffusers module names).
@@ -96,15 +167,35 @@ impl WeightStore {
         files: Vec<SafetensorsFile>,
         map: impl Fn(&str) -> Option<String>,
     ) -> Result<Self> {
+        Self::from_files_transformed(files, |k| {
+            map(k)
+                .map(|n| vec![(n, Transform::Identity)])
+                .unwrap_or_default()
+        })
+    }
+
+    /// Tensors of `files` seen through `map`, which gives every stored key the entries it
+    /// provides: none (not part of this store), one renamed entry, or several derived ones
+    /// (e.g. OpenCLIP's fused `in_proj_weight` split into q, k and v row slices). A transform
+    /// that does not fit the stored shape is an error naming the file and key.
+    pub fn from_files_transformed(
+        files: Vec<SafetensorsFile>,
+        map: impl Fn(&str) -> Vec<(String, Transform)>,
+    ) -> Result<Self> {
         let mut entries = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
             for key in f.names() {
-                if let Some(name) = map(&key) {
+                for (name, transform) in map(&key) {
+                    let (dt, shape, _) = f.bytes(&key).expect("listed key");
+                    check_transform(transform, dt, shape).map_err(|e| {
+                        Error::Invalid(format!("{}: '{key}' (for '{name}'): {e}", f.path.display()))
+                    })?;
                     if let Some(prev) = entries.insert(
                         name.clone(),
                         Location {
                             file: i,
                             key: key.clone(),
+                            transform,
                         },
                     ) {
                         return Err(Error::Invalid(format!(
@@ -194,12 +285,28 @@ impl WeightStore {
         self.entries.keys().map(|s| s.as_str())
     }
 
-    /// Shape of a tensor.
+    /// Shape of a tensor (after its transform).
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         let loc = self.entries.get(name)?;
-        self.files[loc.file]
-            .bytes(&loc.key)
-            .map(|(_, s, _)| s.to_vec())
+        let (_, s, _) = self.files[loc.file].bytes(&loc.key)?;
+        Some(match loc.transform {
+            Transform::Identity => s.to_vec(),
+            Transform::Rows { len, .. } => {
+                let mut v = s.to_vec();
+                v[0] = len;
+                v
+            }
+            Transform::Transpose => vec![s[1], s[0]],
+        })
+    }
+
+    /// The stored tensor behind `loc` with its transform applied: dtype, shape and bytes.
+    fn raw(&self, loc: &Location) -> (Dtype, Vec<usize>, Cow<'_, [u8]>) {
+        let f = &self.files[loc.file];
+        let (dt, shape, bytes) = f.bytes(&loc.key).expect("entries point at existing keys");
+        let elem = (dt.bitsize() / 8).max(1);
+        let (shape, bytes) = transformed(loc.transform, elem, shape, bytes);
+        (dt, shape, bytes)
     }
 
     /// Reads a tensor as f32 on the host.
@@ -209,10 +316,10 @@ impl WeightStore {
             .get(name)
             .ok_or_else(|| Error::Invalid(format!("missing tensor '{name}'")))?;
         let f = &self.files[loc.file];
-        let (dt, shape, bytes) = f.bytes(&loc.key).expect("entries point at existing keys");
+        let (dt, shape, bytes) = self.raw(loc);
         Ok((
-            shape.to_vec(),
-            to_f32(dt, bytes)
+            shape,
+            to_f32(dt, &bytes)
                 .map_err(|e| Error::Invalid(format!("{}: '{}': {e}", f.path.display(), loc.key)))?,
         ))
     }
@@ -220,15 +327,15 @@ impl WeightStore {
     fn upload(&self, ctx: &GpuContext, name: &str, dtype: DType) -> Result<Tensor> {
         let loc = &self.entries[name];
         let f = &self.files[loc.file];
-        let (dt, shape, bytes) = f.bytes(&loc.key).expect("entries point at existing keys");
+        let (dt, shape, bytes) = self.raw(loc);
         let what = |e: String| Error::Invalid(format!("{}: '{}': {e}", f.path.display(), loc.key));
         match (dt, dtype) {
             (Dtype::F16, DType::F16) => {
-                let h: Vec<f16> = bytemuck::pod_collect_to_vec(bytes);
-                Tensor::from_f16(ctx, &h, shape)
+                let h: Vec<f16> = bytemuck::pod_collect_to_vec(&bytes);
+                Tensor::from_f16(ctx, &h, &shape)
             }
             (_, DType::F16 | DType::F32) => {
-                Tensor::from_f32(ctx, &to_f32(dt, bytes).map_err(what)?, shape, dtype)
+                Tensor::from_f32(ctx, &to_f32(dt, &bytes).map_err(what)?, &shape, dtype)
             }
             (_, DType::U32) => Err(Error::Invalid("weights are uploaded as f32 or f16".into())),
         }
