@@ -343,12 +343,21 @@ fn sdxl_vae_decodes_1024px_within_the_binding_limit() {
     use atedm::gpu::{ContextOptions, GpuContext};
     use atedm::model::vae::{VaeConfig, VaeDecoder};
     use atedm::model::weights::WeightLoader;
-    let c = GpuContext::new(&ContextOptions { plan_only: true, ..ContextOptions::from_env() }).unwrap();
+    let c = GpuContext::new(&ContextOptions {
+        plan_only: true,
+        ..ContextOptions::from_env()
+    })
+    .unwrap();
     let mut l = WeightLoader::plan(&c, DType::F32);
     let vae = VaeDecoder::build(&VaeConfig::sdxl(), &mut l);
     l.finish().unwrap();
-    let image = vae.decode_host(&c, &vec![0.0; 4 * 128 * 128], [1, 4, 128, 128], DType::F32).unwrap();
+    let image = vae
+        .decode_host(&c, &vec![0.0; 4 * 128 * 128], [1, 4, 128, 128], DType::F32)
+        .unwrap();
     assert_eq!(image.len(), 3 * 1024 * 1024);
     let peak = c.pool_stats().peak_bytes;
-    eprintln!("SD-XL VAE 1024 px f32 tiled decode: peak {:.2} GiB", peak as f64 / (1u64 << 30) as f64);
+    eprintln!(
+        "SD-XL VAE 1024 px f32 tiled decode: peak {:.2} GiB",
+        peak as f64 / (1u64 << 30) as f64
+    );
 }

@@ -69,18 +69,7 @@ impl ClipTextConfig {
 
     /// Reads `config.json` (a file or a folder holding one) and validates it.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let file = if path.is_dir() {
-            path.join("config.json")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
-            path: file.display().to_string(),
-            source,
-        })?;
-        let cfg: ClipTextConfig = serde_json::from_str(&text).map_err(|e| {
-            Error::Invalid(format!("{}: not a CLIP text config ({e})", file.display()))
-        })?;
+        let (file, cfg): (_, ClipTextConfig) = super::read_config(path, "a CLIP text config")?;
         cfg.activation()?;
         if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
             return Err(Error::Invalid(format!(

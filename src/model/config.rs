@@ -243,16 +243,10 @@ impl UNetConfig {
 
     /// Reads and validates `path` (a `config.json` file, or a folder holding one).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let file = if path.is_dir() {
-            path.join("config.json")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
-            path: file.display().to_string(),
-            source,
-        })?;
-        Self::from_json(&text).map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))
+        let (file, raw): (_, RawUNetConfig) =
+            super::read_config(path, "a UNet2DConditionModel config")?;
+        raw.validate()
+            .map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))
     }
 
     /// Parses and validates a config.json text.

@@ -11,3 +11,27 @@ pub mod tokenizer;
 pub mod unet;
 pub mod vae;
 pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Reads a diffusers/transformers `config.json` (the file itself, or the one in a folder) as
+/// `T`; `what` names the expected kind in the error ("a CLIP text config").
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<(PathBuf, T)> {
+    let file = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
+        path: file.display().to_string(),
+        source,
+    })?;
+    let value = serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("{}: not {what} ({e})", file.display())))?;
+    Ok((file, value))
+}

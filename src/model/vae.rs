@@ -77,21 +77,7 @@ impl VaeConfig {
 
     /// Reads and validates `config.json` (a file or a folder holding one).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let file = if path.is_dir() {
-            path.join("config.json")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
-            path: file.display().to_string(),
-            source,
-        })?;
-        let cfg: VaeConfig = serde_json::from_str(&text).map_err(|e| {
-            Error::Invalid(format!(
-                "{}: not an AutoencoderKL config ({e})",
-                file.display()
-            ))
-        })?;
+        let (file, cfg): (_, VaeConfig) = super::read_config(path, "an AutoencoderKL config")?;
         if let Some(types) = &cfg.up_block_types {
             if let Some(t) = types.iter().find(|t| t.as_str() != "UpDecoderBlock2D") {
                 return Err(Error::Invalid(format!(
