@@ -23,6 +23,7 @@ pub mod io;
 pub mod model;
 pub mod ops;
 pub mod pipeline;
+pub mod prune;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::gpu::{ContextOptions, GpuContext};
 
 pub mod bench_ops;
+pub mod flops;
 pub mod generate;
 pub mod unet_eval;
 
@@ -53,6 +54,8 @@ pub enum Command {
     },
     /// Kernel throughput report (GFLOP/s of matmul, conv and attention) on the current adapter.
     BenchOps(bench_ops::BenchOpsArgs),
+    /// The FLOPs model: per-step TFLOPs, pruning overhead, keep ratio for a budget.
+    Flops(flops::FlopsArgs),
     /// Generate an image from a prompt (a diffusers SD-XL pipeline folder).
     Generate(generate::GenerateArgs),
     /// One UNet forward on inputs from a safetensors file (compare with diffusers).
@@ -77,6 +80,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::BenchOps(args) => bench_ops::run(&cli.gpu.context()?, &args),
+        Command::Flops(args) => flops::run(&args),
         Command::Generate(args) => generate::run(&cli.gpu.context()?, &args),
         Command::UnetEval(args) => unet_eval::run(&cli.gpu.context()?, &args),
     }

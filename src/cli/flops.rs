@@ -1,0 +1,201 @@
+//! `atedm flops`: the FLOPs model (per-step TFLOPs, pruning overhead, keep ratio for a budget).
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::error::{Error, Result};
+use crate::model::config::UNetConfig;
+use crate::prune::flops::{
+    keep_ratio_for_budget, named_budget, unet_flops, PruneMode, PruneSettings,
+};
+
+/// `--prune` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PruneArg {
+    None,
+    Atedm,
+    AtedmDagger,
+    Tome,
+}
+
+/// `--dsap` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// Pruning flags (shared by the commands that prune).
+#[derive(Args, Debug, Clone)]
+pub struct PruneArgs {
+    /// Pruning method.
+    #[arg(long, value_enum, default_value = "none")]
+    pub prune: PruneArg,
+    /// Fraction of tokens kept after the pruning block, in (0, 1].
+    #[arg(long)]
+    pub keep_ratio: Option<f64>,
+    /// FLOPs budget per step: TFLOPs (e.g. 4.1) or the paper's settings a, b, c, d (2.9, 3.6, 4.1, 4.5 TFLOPs).
+    #[arg(long)]
+    pub flops: Option<String>,
+    /// G-WPR iterations.
+    #[arg(long, default_value_t = 5)]
+    pub gwpr_iters: usize,
+    /// Pruning block p.
+    #[arg(long, default_value_t = 0)]
+    pub prune_block: usize,
+    /// Denoising-steps-aware pruning.
+    #[arg(long, value_enum, default_value = "on")]
+    pub dsap: OnOff,
+    /// DSAP's early fraction of the steps.
+    #[arg(long, default_value_t = 0.25)]
+    pub tau: f64,
+}
+
+impl PruneArgs {
+    /// Settings with the keep ratio given or solved from the budget; also returns the budget
+    /// in FLOPs when one was given.
+    pub fn settings(
+        &self,
+        cfg: &UNetConfig,
+        lh: usize,
+        lw: usize,
+        steps: usize,
+    ) -> Result<(PruneSettings, Option<f64>)> {
+        let mode = match self.prune {
+            PruneArg::None => PruneMode::None,
+            PruneArg::Atedm => PruneMode::AtEdm,
+            PruneArg::AtedmDagger => PruneMode::AtEdmDagger,
+            PruneArg::Tome => return Err(Error::Unsupported("ToMe is not implemented yet".into())),
+        };
+        if !(0.0..=1.0).contains(&self.tau) {
+            return Err(Error::Invalid(format!(
+                "--tau must be in [0, 1], got {}",
+                self.tau
+            )));
+        }
+        let mut s = PruneSettings {
+            mode,
+            keep_ratio: self.keep_ratio.unwrap_or(1.0),
+            gwpr_iters: self.gwpr_iters,
+            prune_block: self.prune_block,
+            dsap: self.dsap == OnOff::On,
+            tau: self.tau,
+        };
+        if mode == PruneMode::None && (self.keep_ratio.is_some() || self.flops.is_some()) {
+            return Err(Error::Invalid(
+                "--keep-ratio and --flops need --prune atedm or atedm-dagger".into(),
+            ));
+        }
+        let budget = match &self.flops {
+            None => None,
+            Some(_) if self.keep_ratio.is_some() => {
+                return Err(Error::Invalid(
+                    "give --keep-ratio or --flops, not both".into(),
+                ));
+            }
+            Some(b) => {
+                let t = named_budget(b)
+                    .or_else(|| b.parse::<f64>().ok())
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "--flops '{b}': expected TFLOPs (e.g. 4.1) or one of a, b, c, d"
+                        ))
+                    })?;
+                if !(t > 0.0) {
+                    return Err(Error::Invalid(format!("--flops must be positive, got {t}")));
+                }
+                s.keep_ratio = keep_ratio_for_budget(cfg, lh, lw, steps, &s, t * 1e12)?;
+                Some(t * 1e12)
+            }
+        };
+        Ok((s, budget))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct FlopsArgs {
+    /// A model (pipeline folder, unet folder, or single file); default: SD-XL base.
+    #[arg(long, conflicts_with = "sdxl")]
+    pub model: Option<PathBuf>,
+    /// Diffusers config folder for a single file that is not SD-XL base-sized.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// SD-XL base (the default).
+    #[arg(long)]
+    pub sdxl: bool,
+    #[arg(long, default_value_t = 1024)]
+    pub width: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub height: usize,
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    #[command(flatten)]
+    pub prune: PruneArgs,
+}
+
+pub fn run(a: &FlopsArgs) -> Result<()> {
+    let cfg = match &a.model {
+        Some(m) => crate::model::load::unet_config(m, a.config.as_deref())?,
+        None => UNetConfig::sdxl_base(),
+    };
+    let m = 8 * cfg.downsampling();
+    if a.width == 0 || a.height == 0 || a.width % m != 0 || a.height % m != 0 {
+        return Err(Error::Invalid(format!(
+            "image size {}x{} is not a positive multiple of {m}",
+            a.width, a.height
+        )));
+    }
+    let (lh, lw) = (a.height / 8, a.width / 8);
+    let (s, budget) = a.prune.settings(&cfg, lh, lw, a.steps)?;
+    let f = unet_flops(&cfg, lh, lw, a.steps, &s)?;
+    let name = a
+        .model
+        .as_ref()
+        .map_or("SD-XL base".to_string(), |p| p.display().to_string());
+    println!(
+        "model: {name}, {}x{} (latent {lh}x{lw}), {} steps",
+        a.width, a.height, a.steps
+    );
+    if s.mode == PruneMode::None {
+        println!("pruning: none");
+    } else {
+        let how = match budget {
+            Some(b) => format!("solved for {:.3} TFLOPs", b / 1e12),
+            None => "given".into(),
+        };
+        let dsap = if s.dsap {
+            format!(
+                "DSAP on (tau {}: {} early steps at {:.3} TFLOPs, {} at {:.3})",
+                s.tau,
+                f.early_steps,
+                f.early / 1e12,
+                a.steps - f.early_steps,
+                f.late / 1e12
+            )
+        } else {
+            "DSAP off".into()
+        };
+        let mode = if s.mode == PruneMode::AtEdmDagger {
+            "AT-EDM-dagger (no level-2 pruning)"
+        } else {
+            "AT-EDM"
+        };
+        println!(
+            "pruning: {mode}, keep ratio {:.4} ({how}), G-WPR T={}, pruning block {}, {dsap}",
+            s.keep_ratio, s.gwpr_iters, s.prune_block
+        );
+    }
+    println!(
+        "model TFLOPs/step: {:.3} (full {:.3}; {:.1}% saved, FLOPs ratio {:.2}x)",
+        f.model / 1e12,
+        f.full / 1e12,
+        100.0 * (1.0 - f.model / f.full),
+        f.full / f.model
+    );
+    println!(
+        "pruning overhead TFLOPs/step: {:.4} (head-mean map + G-WPR; not in the figure above)",
+        f.overhead / 1e12
+    );
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! AT-EDM token pruning: the FLOPs model (more to come: G-WPR, masks, recovery, DSAP, ToMe).
+
+pub mod flops;
