@@ -102,7 +102,7 @@ impl PruneArgs {
                             "--flops '{b}': expected TFLOPs (e.g. 4.1) or one of a, b, c, d"
                         ))
                     })?;
-                if !(t > 0.0) {
+                if t.is_nan() || t <= 0.0 {
                     return Err(Error::Invalid(format!("--flops must be positive, got {t}")));
                 }
                 s.keep_ratio = keep_ratio_for_budget(cfg, lh, lw, steps, &s, t * 1e12)?;

@@ -163,14 +163,14 @@ fn convolution_macs(cfg: &UNetConfig, lh: usize, lw: usize) -> u64 {
         + cfg.projection_class_embeddings_input_dim as u64 * temb
         + temb * temb;
     let mut prev = ch[0];
-    for i in 0..n {
+    for (i, &c) in ch.iter().enumerate() {
         for j in 0..cfg.layers_per_block[i] {
-            macs += resnet_macs(if j == 0 { prev } else { ch[i] }, ch[i], px(i), temb);
+            macs += resnet_macs(if j == 0 { prev } else { c }, c, px(i), temb);
         }
         if i + 1 < n {
-            macs += 9 * ch[i] * ch[i] * px(i + 1);
+            macs += 9 * c * c * px(i + 1);
         }
-        prev = ch[i];
+        prev = c;
     }
     macs += 2 * resnet_macs(ch[n - 1], ch[n - 1], px(n - 1), temb);
     let mut prev = ch[n - 1];
