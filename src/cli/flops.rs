@@ -199,3 +199,45 @@ pub fn run(a: &FlopsArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(prune: PruneArg, keep: Option<f64>, flops: Option<&str>) -> PruneArgs {
+        PruneArgs {
+            prune,
+            keep_ratio: keep,
+            flops: flops.map(String::from),
+            gwpr_iters: 5,
+            prune_block: 0,
+            dsap: OnOff::On,
+            tau: 0.25,
+        }
+    }
+
+    #[test]
+    fn named_and_numeric_budgets_solve_the_same() {
+        let cfg = UNetConfig::sdxl_base();
+        let (a, _) = args(PruneArg::Atedm, None, Some("c"))
+            .settings(&cfg, 128, 128, 50)
+            .unwrap();
+        let (b, _) = args(PruneArg::Atedm, None, Some("4.1"))
+            .settings(&cfg, 128, 128, 50)
+            .unwrap();
+        assert_eq!(a, b);
+        assert!((a.keep_ratio - 0.319).abs() < 0.002);
+    }
+
+    #[test]
+    fn conflicting_or_bad_flags_are_errors() {
+        let cfg = UNetConfig::sdxl_base();
+        let e = |a: PruneArgs| a.settings(&cfg, 128, 128, 50).unwrap_err().to_string();
+        assert!(e(args(PruneArg::Atedm, Some(0.5), Some("c"))).contains("not both"));
+        assert!(e(args(PruneArg::None, Some(0.5), None)).contains("--prune"));
+        assert!(e(args(PruneArg::Atedm, None, Some("z"))).contains("a, b, c, d"));
+        assert!(e(args(PruneArg::Atedm, None, Some("-1"))).contains("positive"));
+        assert!(e(args(PruneArg::Atedm, None, Some("a"))).contains("below"));
+        assert!(e(args(PruneArg::Tome, None, None)).contains("ToMe"));
+    }
+}
