@@ -37,6 +37,7 @@ pub fn shader_families() -> Vec<&'static ShaderFamily> {
         &matmul::SHADER,
         &norm::SHADER,
         &softmax::SHADER,
+        &crate::prune::gwpr::SHADER,
     ]
 }
 
