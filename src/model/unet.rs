@@ -10,7 +10,9 @@ use crate::ops::activation::{self, Activation};
 use crate::ops::attention::{self, AttentionOptions};
 use crate::ops::elementwise;
 use crate::ops::embedding::{self, TimestepEmbedding};
-use crate::ops::layout;
+use crate::ops::{gather, layout};
+use crate::prune::flops::{self, PruneMode, PruneSettings};
+use crate::prune::gwpr;
 use crate::tensor::{DType, Tensor};
 
 /// `TimestepEmbedding`: linear_1, SiLU, linear_2.
@@ -101,13 +103,15 @@ impl Attention {
     }
 
     /// `x [B, N, C]` attends to `context [B, L, Cc]` (itself when `None`); adds `residual`.
+    /// With `with_map`, also returns the head-mean attention map `[B, N, L]` (AT-EDM).
     fn forward(
         &self,
         ctx: &GpuContext,
         x: &Tensor,
         context: Option<&Tensor>,
         residual: &Tensor,
-    ) -> Result<Tensor> {
+        with_map: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let kv = context.unwrap_or(x);
         let q = self.to_q.forward(ctx, x, None)?;
         let k = self.to_k.forward(ctx, kv, None)?;
@@ -117,8 +121,13 @@ impl Attention {
             scale: None,
             causal: false,
         };
-        let o = attention::attention(ctx, &q, &k, &v, &opts)?;
-        self.to_out.forward(ctx, &o, Some(residual))
+        let (o, map) = if with_map {
+            let (o, map) = attention::attention_with_map(ctx, &q, &k, &v, &opts)?;
+            (o, Some(map))
+        } else {
+            (attention::attention(ctx, &q, &k, &v, &opts)?, None)
+        };
+        Ok((self.to_out.forward(ctx, &o, Some(residual))?, map))
     }
 }
 
@@ -148,15 +157,22 @@ impl BasicTransformerBlock {
         }
     }
 
-    fn forward(&self, ctx: &GpuContext, h: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// The block on `h [B, N, C]`; with `with_map`, also the head-mean self-attention map.
+    fn forward(
+        &self,
+        ctx: &GpuContext,
+        h: &Tensor,
+        context: &Tensor,
+        with_map: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let n = self.norm1.forward(ctx, h)?;
-        let h = self.attn1.forward(ctx, &n, None, h)?;
+        let (h, map) = self.attn1.forward(ctx, &n, None, h, with_map)?;
         let n = self.norm2.forward(ctx, &h)?;
-        let h = self.attn2.forward(ctx, &n, Some(context), &h)?;
+        let (h, _) = self.attn2.forward(ctx, &n, Some(context), &h, false)?;
         let n = self.norm3.forward(ctx, &h)?;
         let f = self.ff_proj.forward(ctx, &n, None)?;
         let f = activation::geglu(ctx, &f)?;
-        self.ff_out.forward(ctx, &f, Some(&h))
+        Ok((self.ff_out.forward(ctx, &f, Some(&h))?, map))
     }
 }
 
@@ -196,19 +212,79 @@ impl Transformer2DModel {
         }
     }
 
-    /// `x [B, C, H, W]` -> `[B, C, H, W]` (with the residual `x`).
-    fn forward(&self, ctx: &GpuContext, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// `x [B, C, H, W]` -> `[B, C, H, W]` (with the residual `x`). With `prune`, AT-EDM as
+    /// atedm.md defines it: block p's head-mean self-attention map gives G-WPR scores and the
+    /// kept tokens; blocks after p and `proj_out` run on the kept tokens only; every pruned
+    /// token then copies the output of the kept token it attended to most.
+    fn forward(
+        &self,
+        ctx: &GpuContext,
+        x: &Tensor,
+        context: &Tensor,
+        prune: Option<&StackPrune>,
+    ) -> Result<(Tensor, Option<StackRecord>)> {
         let s = x.shape();
         let (b, c, hw) = (s[0], s[1], s[2] * s[3]);
         let h = self.norm.forward(ctx, x, false)?;
         let h = layout::transpose_last2(ctx, &h.reshape(&[b, c, hw])?)?;
         let mut h = self.proj_in.forward(ctx, &h, None)?;
-        for block in &self.transformer_blocks {
-            h = block.forward(ctx, &h, context)?;
+        let mut record = None;
+        let mut recover = None;
+        for (i, block) in self.transformer_blocks.iter().enumerate() {
+            let at_p = prune.is_some_and(|p| p.block == i);
+            let (next, map) = block.forward(ctx, &h, context, at_p)?;
+            h = next;
+            if let (Some(p), Some(map)) = (prune, map) {
+                let scores = gwpr::gwpr(ctx, &map, p.iters)?;
+                let kept = gwpr::top_k(ctx, &scores, p.keep)?;
+                recover = Some(gwpr::recover_index(ctx, &map, &kept)?);
+                h = gather::gather_rows(ctx, &h, &kept)?;
+                record = Some(StackRecord { kept, scores });
+            }
         }
-        let h = self.proj_out.forward(ctx, &h, None)?;
+        let mut h = self.proj_out.forward(ctx, &h, None)?;
+        if let Some(r) = &recover {
+            h = gather::gather_rows(ctx, &h, r)?;
+        }
         let h = layout::transpose_last2(ctx, &h)?.reshape(s)?;
-        elementwise::add(ctx, &h, x)
+        Ok((elementwise::add(ctx, &h, x)?, record))
+    }
+}
+
+/// How one stack is pruned at this forward.
+#[derive(Clone, Copy, Debug)]
+pub struct StackPrune {
+    /// Tokens kept.
+    pub keep: usize,
+    /// G-WPR iterations.
+    pub iters: usize,
+    /// Pruning block p.
+    pub block: usize,
+}
+
+/// What a pruned stack decided: kept token indices `[B, k]` (u32, ascending) and the G-WPR
+/// importance `[B, N]` (f32). Both stay on the GPU.
+pub struct StackRecord {
+    pub kept: Tensor,
+    pub scores: Tensor,
+}
+
+/// The pruning of one UNet forward: settings plus the step (for DSAP).
+#[derive(Clone, Copy, Debug)]
+pub struct PruneStep {
+    pub settings: PruneSettings,
+    pub step: usize,
+    pub steps: usize,
+}
+
+impl PruneStep {
+    /// No pruning.
+    pub fn none() -> Self {
+        PruneStep {
+            settings: PruneSettings::default(),
+            step: 0,
+            steps: 1,
+        }
     }
 }
 
@@ -509,17 +585,66 @@ impl UNet2DConditionModel {
 
     /// The UNet forward: predicted noise `[B, out_channels, h, w]`.
     pub fn forward(&self, ctx: &GpuContext, x: &UNetInputs) -> Result<Tensor> {
+        Ok(self.forward_pruned(ctx, x, &PruneStep::none())?.0)
+    }
+
+    /// The UNet forward with AT-EDM pruning; also returns, per pruned stack (diffusers module
+    /// name), its kept tokens and G-WPR scores.
+    pub fn forward_pruned(
+        &self,
+        ctx: &GpuContext,
+        x: &UNetInputs,
+        prune: &PruneStep,
+    ) -> Result<(Tensor, Vec<(String, StackRecord)>)> {
         let b = self.check_inputs(x)?;
+        let s = x.sample.shape();
+        let plan = flops::stacks(&self.config, s[2], s[3]);
+        let ps = &prune.settings;
+        if ps.mode != PruneMode::None {
+            if !(ps.keep_ratio > 0.0 && ps.keep_ratio <= 1.0) {
+                return Err(Error::Invalid(format!(
+                    "keep ratio must be in (0, 1], got {}",
+                    ps.keep_ratio
+                )));
+            }
+            if ps.gwpr_iters == 0 {
+                return Err(Error::Invalid("G-WPR needs at least one iteration".into()));
+            }
+            if !plan.iter().any(|st| ps.prunable(st)) {
+                return Err(Error::Invalid(format!(
+                    "pruning asked, but no transformer stack of this model has a block after block {}",
+                    ps.prune_block
+                )));
+            }
+        }
+        let mut stack_iter = plan.iter();
+        let mut records = Vec::new();
+        let mut run_stack = |attn: &Transformer2DModel, h: &Tensor| -> Result<Tensor> {
+            let st = stack_iter
+                .next()
+                .expect("the stack plan follows the forward order");
+            let sp = ps
+                .pruned_at(st, prune.step, prune.steps)
+                .then(|| StackPrune {
+                    keep: flops::kept_tokens(st.tokens, ps.keep_ratio) as usize,
+                    iters: ps.gwpr_iters,
+                    block: ps.prune_block,
+                });
+            let (out, rec) = attn.forward(ctx, h, x.encoder_hidden_states, sp.as_ref())?;
+            if let Some(rec) = rec {
+                records.push((st.name.clone(), rec));
+            }
+            Ok(out)
+        };
         let emb = self.embeddings(ctx, b, x)?;
         let emb_silu = activation::activation(ctx, &emb, Activation::Silu)?;
-        let context = x.encoder_hidden_states;
         let mut h = self.conv_in.forward(ctx, x.sample, None)?;
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
             for (j, resnet) in block.resnets.iter().enumerate() {
                 h = resnet.forward(ctx, &h, &emb_silu)?;
                 if let Some(attn) = block.attentions.get(j) {
-                    h = attn.forward(ctx, &h, context)?;
+                    h = run_stack(attn, &h)?;
                 }
                 skips.push(h.clone());
             }
@@ -529,7 +654,7 @@ impl UNet2DConditionModel {
             }
         }
         h = self.mid_block.resnets[0].forward(ctx, &h, &emb_silu)?;
-        h = self.mid_block.attention.forward(ctx, &h, context)?;
+        h = run_stack(&self.mid_block.attention, &h)?;
         h = self.mid_block.resnets[1].forward(ctx, &h, &emb_silu)?;
         for block in &self.up_blocks {
             for (j, resnet) in block.resnets.iter().enumerate() {
@@ -539,7 +664,7 @@ impl UNet2DConditionModel {
                 h = layout::concat(ctx, &[&h, &skip], 1)?;
                 h = resnet.forward(ctx, &h, &emb_silu)?;
                 if let Some(attn) = block.attentions.get(j) {
-                    h = attn.forward(ctx, &h, context)?;
+                    h = run_stack(attn, &h)?;
                 }
             }
             if let Some(up) = &block.upsampler {
@@ -548,6 +673,8 @@ impl UNet2DConditionModel {
             }
         }
         let h = self.conv_norm_out.forward(ctx, &h, true)?;
-        self.conv_out.forward(ctx, &h, None)
+        let out = self.conv_out.forward(ctx, &h, None)?;
+        drop(run_stack);
+        Ok((out, records))
     }
 }

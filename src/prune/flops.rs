@@ -111,6 +111,32 @@ pub fn stacks(cfg: &UNetConfig, lh: usize, lw: usize) -> Vec<Stack> {
     out
 }
 
+impl PruneSettings {
+    /// Whether `s` can be pruned at all under these settings (a block after the pruning block;
+    /// not at level 2 for AT-EDM-dagger).
+    pub fn prunable(&self, s: &Stack) -> bool {
+        match self.mode {
+            PruneMode::None => false,
+            PruneMode::AtEdm => s.depth >= self.prune_block + 2,
+            PruneMode::AtEdmDagger => s.depth >= self.prune_block + 2 && s.level != 2,
+        }
+    }
+
+    /// Number of early (DSAP) steps among `steps`.
+    pub fn early_steps(&self, steps: usize) -> usize {
+        if self.dsap && self.mode != PruneMode::None {
+            ((self.tau * steps as f64).ceil() as usize).min(steps)
+        } else {
+            0
+        }
+    }
+
+    /// Whether `s` is pruned at step `step` of `steps`.
+    pub fn pruned_at(&self, s: &Stack, step: usize, steps: usize) -> bool {
+        self.prunable(s) && !(step < self.early_steps(steps) && s.dsap_protected)
+    }
+}
+
 /// Tokens kept for `n` tokens at `keep_ratio`: round half up, clamped to [1, n].
 pub fn kept_tokens(n: u64, keep_ratio: f64) -> u64 {
     ((keep_ratio * n as f64 + 0.5).floor() as u64).clamp(1, n)
@@ -227,12 +253,7 @@ pub fn unet_flops(
     let cc = cfg.cross_attention_dim as u64;
     let base = convolution_macs(cfg, lh, lw);
     let all = stacks(cfg, lh, lw);
-    let prunable = |s: &Stack| match prune.mode {
-        PruneMode::None => false,
-        PruneMode::AtEdm => s.depth >= prune.prune_block + 2,
-        PruneMode::AtEdmDagger => s.depth >= prune.prune_block + 2 && s.level != 2,
-    };
-    if prune.mode != PruneMode::None && !all.iter().any(prunable) {
+    if prune.mode != PruneMode::None && !all.iter().any(|s| prune.prunable(s)) {
         return Err(Error::Invalid(format!(
             "no transformer stack of this model can be pruned at block {} (each needs a block after it)",
             prune.prune_block
@@ -242,7 +263,7 @@ pub fn unet_flops(
         let mut macs = base;
         let mut over = 0;
         for s in &all {
-            let pruned = prunable(s) && !(early && prune.dsap && s.dsap_protected);
+            let pruned = prune.prunable(s) && !(early && prune.dsap && s.dsap_protected);
             let kept = pruned.then(|| kept_tokens(s.tokens, prune.keep_ratio));
             let (m, o) = stack_macs(s, cc, kept, prune.prune_block, prune.gwpr_iters);
             macs += m;
@@ -251,11 +272,7 @@ pub fn unet_flops(
         (2.0 * macs as f64, 2.0 * over as f64)
     };
     let full = step_full(cfg, lh, lw, base, cc);
-    let early_steps = if prune.dsap && prune.mode != PruneMode::None {
-        ((prune.tau * steps as f64).ceil() as usize).min(steps)
-    } else {
-        0
-    };
+    let early_steps = prune.early_steps(steps);
     let (early, early_over) = step(true);
     let (late, late_over) = step(false);
     let avg =
