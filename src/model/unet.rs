@@ -674,7 +674,6 @@ impl UNet2DConditionModel {
         }
         let h = self.conv_norm_out.forward(ctx, &h, true)?;
         let out = self.conv_out.forward(ctx, &h, None)?;
-        drop(run_stack);
         Ok((out, records))
     }
 }
