@@ -51,6 +51,8 @@ fn request(
         height: meta["height"].as_u64().unwrap() as usize,
         seed: 0,
         latents: Some(refs["latents"].1.clone()),
+        prune: Default::default(),
+        record_masks: false,
     };
     (req, refs, meta)
 }
@@ -148,6 +150,8 @@ fn cli_args(out: &Path) -> atedm::cli::generate::GenerateArgs {
         overwrite: false,
         latents: Some(fixture("cfg.safetensors")),
         save_intermediates: None,
+        dump_masks: None,
+        prune: Default::default(),
     }
 }
 
@@ -360,4 +364,30 @@ fn sdxl_vae_decodes_1024px_within_the_binding_limit() {
         "SD-XL VAE 1024 px f32 tiled decode: peak {:.2} GiB",
         peak as f64 / (1u64 << 30) as f64
     );
+}
+
+#[test]
+fn generate_with_atedm_dumps_masks() {
+    use atedm::cli::flops::{PruneArg, PruneArgs};
+    use atedm::cli::generate::{run, GenerateArgs};
+    let dir = std::env::temp_dir().join(format!("atedm-generate-prune-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let masks = dir.join("masks");
+    let prune = PruneArgs { prune: PruneArg::Atedm, keep_ratio: Some(0.5), ..Default::default() };
+    let args = GenerateArgs { dump_masks: Some(masks.clone()), prune, ..cli_args(&dir.join("out.png")) };
+    run(ctx(), &args).unwrap();
+    // 4 steps, DSAP tau 0.25: step 0 leaves the protected stacks alone, later steps prune all
+    // prunable stacks (the tiny pipeline's UNet is tiny-a-shaped: level-3 stacks only).
+    let step0 = read_all_f32(&masks.join("step_000.safetensors")).unwrap();
+    let step3 = read_all_f32(&masks.join("step_003.safetensors")).unwrap();
+    assert!(step3.len() > step0.len() && !step0.is_empty(), "{} vs {}", step0.len(), step3.len());
+    let (shape, scores) = &step3["score.mid_block.attentions.0"];
+    assert_eq!(shape[0], 2, "CFG batch");
+    let n = shape[1];
+    let sum: f32 = scores[..n].iter().sum();
+    assert!((sum - 1.0).abs() < 1e-3, "G-WPR scores sum to 1: {sum}");
+    assert!(masks.join("step_003_mid_block.attentions.0.png").is_file());
+    // The pruned image differs from the full one but is a valid image.
+    assert!(dir.join("out.png").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

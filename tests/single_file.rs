@@ -56,6 +56,8 @@ fn request(run: &str) -> (GenerateRequest, atedm::model::weights::HostTensors) {
         height: meta["height"].as_u64().unwrap() as usize,
         seed: 0,
         latents: Some(refs["latents"].1.clone()),
+        prune: Default::default(),
+        record_masks: false,
     };
     (req, refs)
 }
@@ -312,6 +314,8 @@ fn generate_cli_takes_a_single_file_with_config() {
         overwrite: false,
         latents: Some(fixture("cfg.safetensors")),
         save_intermediates: Some(inter.clone()),
+        dump_masks: None,
+        prune: Default::default(),
     };
     atedm::cli::generate::run(ctx(), &args).unwrap();
     let got = read_all_f32(&inter).unwrap();

@@ -52,6 +52,21 @@ pub struct PruneArgs {
     pub tau: f64,
 }
 
+impl Default for PruneArgs {
+    /// No pruning (the command-line defaults).
+    fn default() -> Self {
+        PruneArgs {
+            prune: PruneArg::None,
+            keep_ratio: None,
+            flops: None,
+            gwpr_iters: 5,
+            prune_block: 0,
+            dsap: OnOff::On,
+            tau: 0.25,
+        }
+    }
+}
+
 impl PruneArgs {
     /// Settings with the keep ratio given or solved from the budget; also returns the budget
     /// in FLOPs when one was given.

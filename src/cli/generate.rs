@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::io::{safetensors_bytes, write_atomic, HostTensor};
 use crate::model::weights::read_all_f32;
-use crate::pipeline::generate::{GenerateRequest, LoadOptions, SdxlPipeline};
+use crate::cli::flops::PruneArgs;
+use crate::pipeline::generate::{GenerateOutput, GenerateRequest, LoadOptions, SdxlPipeline};
 use crate::tensor::DType;
 
 #[derive(Args, Debug, Clone)]
@@ -57,6 +58,12 @@ pub struct GenerateArgs {
     /// Also write embeddings, final latents and the decoded image to this safetensors file.
     #[arg(long)]
     pub save_intermediates: Option<PathBuf>,
+    /// Save, per step, the kept tokens and G-WPR scores of every pruned stack
+    /// (`step_NNN.safetensors`) and pictures of the masks (`step_NNN_<stack>.png`).
+    #[arg(long)]
+    pub dump_masks: Option<PathBuf>,
+    #[command(flatten)]
+    pub prune: PruneArgs,
 }
 
 /// Encodes RGB8 pixels as PNG with the generation parameters in a `parameters` text chunk.
@@ -108,6 +115,11 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
         a.model.display(),
         t0.elapsed().as_secs_f64()
     );
+    let down = pipe.vae.config.upsampling();
+    let (prune, budget) = a.prune.settings(&pipe.unet.config, a.height / down, a.width / down, a.steps)?;
+    if let Some(b) = budget {
+        eprintln!("pruning: keep ratio {:.4} for {:.3} TFLOPs per step", prune.keep_ratio, b / 1e12);
+    }
     let req = GenerateRequest {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
@@ -118,6 +130,8 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
         height: a.height,
         seed: a.seed,
         latents,
+        prune,
+        record_masks: a.dump_masks.is_some(),
     };
     let bar = indicatif::ProgressBar::new(a.steps as u64);
     bar.set_style(
@@ -165,6 +179,9 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
         ])?;
         write_atomic(p, &bytes)?;
     }
+    if let Some(dir) = &a.dump_masks {
+        dump_masks(dir, &pipe, &out, a.height / down, a.width / down)?;
+    }
     write_atomic(
         &a.output,
         &png_bytes(a.width, a.height, &out.rgb8(), &params)?,
@@ -174,5 +191,50 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
         a.output.display(),
         t0.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Writes `step_NNN.safetensors` (`kept.<stack>` int64 [B,k], `score.<stack>` f32 [B,N]) and
+/// `step_NNN_<stack>.png` (the conditional image's tokens on the stack's grid: kept white,
+/// pruned black, scaled up to at least 64 px wide).
+fn dump_masks(dir: &std::path::Path, pipe: &SdxlPipeline, out: &GenerateOutput, lh: usize, lw: usize) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
+    let stacks = crate::prune::flops::stacks(&pipe.unet.config, lh, lw);
+    let steps: std::collections::BTreeSet<usize> = out.masks.iter().map(|m| m.step).collect();
+    for step in steps {
+        let masks: Vec<_> = out.masks.iter().filter(|m| m.step == step).collect();
+        let kept: Vec<(String, Vec<i64>)> =
+            masks.iter().map(|m| (format!("kept.{}", m.stack), m.kept.iter().map(|&v| v as i64).collect())).collect();
+        let names: Vec<String> = masks.iter().map(|m| format!("score.{}", m.stack)).collect();
+        let mut tensors = Vec::new();
+        for (m, (kn, kv)) in masks.iter().zip(&kept) {
+            tensors.push(HostTensor::I64(kn, m.kept_shape.to_vec(), kv));
+        }
+        for (m, sn) in masks.iter().zip(&names) {
+            tensors.push(HostTensor::F32(sn, m.scores_shape.to_vec(), &m.scores));
+        }
+        write_atomic(&dir.join(format!("step_{step:03}.safetensors")), &safetensors_bytes(&tensors)?)?;
+        for m in &masks {
+            let Some(st) = stacks.iter().find(|s| s.name == m.stack) else { continue };
+            let (gh, gw) = (lh >> (st.level - 1), lw >> (st.level - 1));
+            let b = m.kept_shape[0] - 1; // the conditional half with CFG
+            let k = m.kept_shape[1];
+            let mut on = vec![false; gh * gw];
+            for &j in &m.kept[b * k..(b + 1) * k] {
+                on[j as usize] = true;
+            }
+            let scale = (64 / gw.max(1)).max(1);
+            let (w, h) = (gw * scale, gh * scale);
+            let mut rgb = Vec::with_capacity(w * h * 3);
+            for y in 0..h {
+                for x in 0..w {
+                    let v = if on[(y / scale) * gw + x / scale] { 255 } else { 24 };
+                    rgb.extend([v, v, v]);
+                }
+            }
+            let file = dir.join(format!("step_{step:03}_{}.png", m.stack));
+            write_atomic(&file, &png_bytes(w, h, &rgb, &format!("kept tokens of {} at step {step}", m.stack))?)?;
+        }
+    }
     Ok(())
 }

@@ -28,7 +28,8 @@ use crate::model::single_file::{
     clip_l_key, BigGKeyMap, VaeKeyMap, BIG_G_PREFIX, CLIP_L_PREFIX, VAE_PREFIX,
 };
 use crate::model::tokenizer::{ClipTokenizer, Padding};
-use crate::model::unet::{UNet2DConditionModel, UNetInputs};
+use crate::model::unet::{PruneStep, UNet2DConditionModel, UNetInputs};
+use crate::prune::flops::PruneSettings;
 use crate::model::vae::{VaeConfig, VaeDecoder};
 use crate::model::weights::{SafetensorsFile, Transform, WeightLoader, WeightStore};
 use crate::ops::{elementwise, guidance, layout};
@@ -75,6 +76,11 @@ pub struct GenerateRequest {
     /// Initial noise `[1, 4, H/8, W/8]` before scaling by the scheduler's `init_noise_sigma`;
     /// `None`: drawn from a standard normal with `seed`.
     pub latents: Option<Vec<f32>>,
+    /// AT-EDM pruning inside the UNet (default: none); DSAP follows the step index.
+    pub prune: PruneSettings,
+    /// Keep every pruned stack's kept tokens and G-WPR scores of every step in the output
+    /// (downloaded after the loop, not inside it).
+    pub record_masks: bool,
 }
 
 impl Default for GenerateRequest {
@@ -90,6 +96,8 @@ impl Default for GenerateRequest {
             height: 1024,
             seed: 0,
             latents: None,
+            prune: PruneSettings::default(),
+            record_masks: false,
         }
     }
 }
@@ -115,6 +123,22 @@ pub struct GenerateOutput {
     pub image: Vec<f32>,
     pub width: usize,
     pub height: usize,
+    /// With `record_masks`: per step, per pruned stack.
+    pub masks: Vec<StepMask>,
+}
+
+/// The pruning decisions of one stack at one step (host copies).
+#[derive(Clone, Debug)]
+pub struct StepMask {
+    pub step: usize,
+    /// diffusers module name of the stack.
+    pub stack: String,
+    /// Kept token indices `[B, k]` (B = 2 with CFG: uncond, cond).
+    pub kept: Vec<u32>,
+    pub kept_shape: [usize; 2],
+    /// G-WPR importance `[B, N]`.
+    pub scores: Vec<f32>,
+    pub scores_shape: [usize; 2],
 }
 
 impl GenerateOutput {
@@ -586,6 +610,7 @@ impl SdxlPipeline {
             .map(|v| v * schedule.init_noise_sigma)
             .collect();
         let mut x = Tensor::from_f32(ctx, &init, &latent_shape, self.dtype)?;
+        let mut recorded = Vec::new();
         for i in 0..req.steps {
             let xin = if cfg {
                 layout::concat(ctx, &[&x, &x], 0)?
@@ -593,7 +618,7 @@ impl SdxlPipeline {
                 x.clone()
             };
             let xin = elementwise::scale(ctx, &xin, schedule.input_scale(i), 0.0)?;
-            let eps = self.unet.forward(
+            let (eps, records) = self.unet.forward_pruned(
                 ctx,
                 &UNetInputs {
                     sample: &xin,
@@ -602,7 +627,11 @@ impl SdxlPipeline {
                     text_embeds: &text_embeds,
                     time_ids: &time_ids,
                 },
+                &PruneStep { settings: req.prune, step: i, steps: req.steps },
             )?;
+            if req.record_masks {
+                recorded.extend(records.into_iter().map(|(name, r)| (i, name, r)));
+            }
             let eps = if cfg {
                 guidance::guidance(ctx, &eps, req.guidance, req.guidance_rescale)?
             } else {
@@ -635,6 +664,20 @@ impl SdxlPipeline {
                 "the VAE decoder produced a non-finite value at index {i} (with an f16 VAE, use --vae-dtype f32)"
             )));
         }
+        let masks = recorded
+            .into_iter()
+            .map(|(step, stack, r)| {
+                let (ks, ss) = (r.kept.shape(), r.scores.shape());
+                Ok(StepMask {
+                    step,
+                    stack,
+                    kept_shape: [ks[0], ks[1]],
+                    kept: r.kept.to_u32_vec(ctx)?,
+                    scores_shape: [ss[0], ss[1]],
+                    scores: r.scores.to_f32_vec(ctx)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(GenerateOutput {
             embeds,
             latents_final,
@@ -642,6 +685,7 @@ impl SdxlPipeline {
             image,
             width: req.width,
             height: req.height,
+            masks,
         })
     }
 }
