@@ -373,14 +373,27 @@ fn generate_with_atedm_dumps_masks() {
     let dir = std::env::temp_dir().join(format!("atedm-generate-prune-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let masks = dir.join("masks");
-    let prune = PruneArgs { prune: PruneArg::Atedm, keep_ratio: Some(0.5), ..Default::default() };
-    let args = GenerateArgs { dump_masks: Some(masks.clone()), prune, ..cli_args(&dir.join("out.png")) };
+    let prune = PruneArgs {
+        prune: PruneArg::Atedm,
+        keep_ratio: Some(0.5),
+        ..Default::default()
+    };
+    let args = GenerateArgs {
+        dump_masks: Some(masks.clone()),
+        prune,
+        ..cli_args(&dir.join("out.png"))
+    };
     run(ctx(), &args).unwrap();
     // 4 steps, DSAP tau 0.25: step 0 leaves the protected stacks alone, later steps prune all
     // prunable stacks (the tiny pipeline's UNet is tiny-a-shaped: level-3 stacks only).
     let step0 = read_all_f32(&masks.join("step_000.safetensors")).unwrap();
     let step3 = read_all_f32(&masks.join("step_003.safetensors")).unwrap();
-    assert!(step3.len() > step0.len() && !step0.is_empty(), "{} vs {}", step0.len(), step3.len());
+    assert!(
+        step3.len() > step0.len() && !step0.is_empty(),
+        "{} vs {}",
+        step0.len(),
+        step3.len()
+    );
     let (shape, scores) = &step3["score.mid_block.attentions.0"];
     assert_eq!(shape[0], 2, "CFG batch");
     let n = shape[1];

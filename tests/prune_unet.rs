@@ -203,3 +203,54 @@ fn bad_pruning_requests_are_errors() {
     .unwrap()
     .contains("iteration"));
 }
+
+#[test]
+fn unet_eval_writes_masks_like_the_reference() {
+    use atedm::cli::flops::{OnOff, PruneArg, PruneArgs};
+    use atedm::cli::unet_eval::{run, UNetEvalArgs};
+    let dir = std::env::temp_dir().join(format!("atedm-unet-eval-prune-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("out.safetensors");
+    let args = UNetEvalArgs {
+        model: root("tests/fixtures/unet/tiny-b/unet"),
+        config: None,
+        inputs: root("tests/fixtures/unet/tiny-b/inputs.safetensors"),
+        output: output.clone(),
+        dtype: DType::F32,
+        step: 0,
+        steps: 8,
+        prune: PruneArgs {
+            prune: PruneArg::Atedm,
+            keep_ratio: Some(0.5),
+            dsap: OnOff::On,
+            ..Default::default()
+        },
+    };
+    run(ctx(), &args).unwrap();
+    // Same settings as the reference case tiny-b_dsap_early.
+    let want = read_i64(&root("tests/fixtures/prune/tiny-b_dsap_early.safetensors"));
+    let got = read_i64(&output);
+    let mut names: Vec<_> = got.keys().cloned().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "mask.mid_block.attentions.0",
+            "mask.up_blocks.0.attentions.0",
+            "mask.up_blocks.1.attentions.0"
+        ]
+    );
+    for n in &names {
+        assert_eq!(got[n], want[n], "{n}");
+    }
+    let out = read_all_f32(&output).unwrap();
+    let r = assert_close(
+        &out["out"].1,
+        &read_all_f32(&root("tests/fixtures/prune/tiny-b_dsap_early.safetensors")).unwrap()["out"]
+            .1,
+        1e-3,
+        "unet-eval pruned out",
+    );
+    eprintln!("unet-eval pruned out: {r:.2e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -244,6 +244,9 @@ fn unet_eval_cli_writes_the_output_atomically() {
         inputs: fixture("tiny-b/inputs.safetensors"),
         output: output.clone(),
         dtype: DType::F32,
+        step: 0,
+        steps: 50,
+        prune: Default::default(),
     };
     run(ctx(), &args).unwrap();
     let got = read_all_f32(&output).unwrap().remove("out").unwrap();

@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use clap::Args;
 
+use crate::cli::flops::PruneArgs;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::io::{safetensors_bytes, write_atomic, HostTensor};
 use crate::model::weights::read_all_f32;
-use crate::cli::flops::PruneArgs;
 use crate::pipeline::generate::{GenerateOutput, GenerateRequest, LoadOptions, SdxlPipeline};
 use crate::tensor::DType;
 
@@ -116,9 +116,15 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     let down = pipe.vae.config.upsampling();
-    let (prune, budget) = a.prune.settings(&pipe.unet.config, a.height / down, a.width / down, a.steps)?;
+    let (prune, budget) =
+        a.prune
+            .settings(&pipe.unet.config, a.height / down, a.width / down, a.steps)?;
     if let Some(b) = budget {
-        eprintln!("pruning: keep ratio {:.4} for {:.3} TFLOPs per step", prune.keep_ratio, b / 1e12);
+        eprintln!(
+            "pruning: keep ratio {:.4} for {:.3} TFLOPs per step",
+            prune.keep_ratio,
+            b / 1e12
+        );
     }
     let req = GenerateRequest {
         prompt: a.prompt.clone(),
@@ -197,14 +203,30 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
 /// Writes `step_NNN.safetensors` (`kept.<stack>` int64 [B,k], `score.<stack>` f32 [B,N]) and
 /// `step_NNN_<stack>.png` (the conditional image's tokens on the stack's grid: kept white,
 /// pruned black, scaled up to at least 64 px wide).
-fn dump_masks(dir: &std::path::Path, pipe: &SdxlPipeline, out: &GenerateOutput, lh: usize, lw: usize) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
+fn dump_masks(
+    dir: &std::path::Path,
+    pipe: &SdxlPipeline,
+    out: &GenerateOutput,
+    lh: usize,
+    lw: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let stacks = crate::prune::flops::stacks(&pipe.unet.config, lh, lw);
     let steps: std::collections::BTreeSet<usize> = out.masks.iter().map(|m| m.step).collect();
     for step in steps {
         let masks: Vec<_> = out.masks.iter().filter(|m| m.step == step).collect();
-        let kept: Vec<(String, Vec<i64>)> =
-            masks.iter().map(|m| (format!("kept.{}", m.stack), m.kept.iter().map(|&v| v as i64).collect())).collect();
+        let kept: Vec<(String, Vec<i64>)> = masks
+            .iter()
+            .map(|m| {
+                (
+                    format!("kept.{}", m.stack),
+                    m.kept.iter().map(|&v| v as i64).collect(),
+                )
+            })
+            .collect();
         let names: Vec<String> = masks.iter().map(|m| format!("score.{}", m.stack)).collect();
         let mut tensors = Vec::new();
         for (m, (kn, kv)) in masks.iter().zip(&kept) {
@@ -213,9 +235,14 @@ fn dump_masks(dir: &std::path::Path, pipe: &SdxlPipeline, out: &GenerateOutput, 
         for (m, sn) in masks.iter().zip(&names) {
             tensors.push(HostTensor::F32(sn, m.scores_shape.to_vec(), &m.scores));
         }
-        write_atomic(&dir.join(format!("step_{step:03}.safetensors")), &safetensors_bytes(&tensors)?)?;
+        write_atomic(
+            &dir.join(format!("step_{step:03}.safetensors")),
+            &safetensors_bytes(&tensors)?,
+        )?;
         for m in &masks {
-            let Some(st) = stacks.iter().find(|s| s.name == m.stack) else { continue };
+            let Some(st) = stacks.iter().find(|s| s.name == m.stack) else {
+                continue;
+            };
             let (gh, gw) = (lh >> (st.level - 1), lw >> (st.level - 1));
             let b = m.kept_shape[0] - 1; // the conditional half with CFG
             let k = m.kept_shape[1];
@@ -228,12 +255,24 @@ fn dump_masks(dir: &std::path::Path, pipe: &SdxlPipeline, out: &GenerateOutput, 
             let mut rgb = Vec::with_capacity(w * h * 3);
             for y in 0..h {
                 for x in 0..w {
-                    let v = if on[(y / scale) * gw + x / scale] { 255 } else { 24 };
+                    let v = if on[(y / scale) * gw + x / scale] {
+                        255
+                    } else {
+                        24
+                    };
                     rgb.extend([v, v, v]);
                 }
             }
             let file = dir.join(format!("step_{step:03}_{}.png", m.stack));
-            write_atomic(&file, &png_bytes(w, h, &rgb, &format!("kept tokens of {} at step {step}", m.stack))?)?;
+            write_atomic(
+                &file,
+                &png_bytes(
+                    w,
+                    h,
+                    &rgb,
+                    &format!("kept tokens of {} at step {step}", m.stack),
+                )?,
+            )?;
         }
     }
     Ok(())

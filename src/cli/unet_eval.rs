@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::cli::flops::PruneArgs;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::io::{safetensors_bytes, write_atomic, HostTensor};
 use crate::model::load::load_unet;
-use crate::model::unet::UNetInputs;
+use crate::model::unet::{PruneStep, UNetInputs};
 use crate::model::weights::read_all_f32;
 use crate::tensor::{DType, Tensor};
 
@@ -30,6 +31,14 @@ pub struct UNetEvalArgs {
     /// Compute dtype.
     #[arg(long, default_value = "f32")]
     pub dtype: DType,
+    /// Denoising step index (for DSAP).
+    #[arg(long, default_value_t = 0)]
+    pub step: usize,
+    /// Number of denoising steps (for DSAP and FLOPs budgets).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    #[command(flatten)]
+    pub prune: PruneArgs,
 }
 
 pub fn run(ctx: &GpuContext, args: &UNetEvalArgs) -> Result<()> {
@@ -54,7 +63,23 @@ pub fn run(ctx: &GpuContext, args: &UNetEvalArgs) -> Result<()> {
     let sample = Tensor::from_f32(ctx, &sample, &s_shape, args.dtype)?;
     let enc = Tensor::from_f32(ctx, &enc, &e_shape, args.dtype)?;
     let text = Tensor::from_f32(ctx, &text, &t_shape, args.dtype)?;
-    let out = unet.forward(
+    let (lh, lw) = (
+        s_shape.get(2).copied().unwrap_or(0),
+        s_shape.get(3).copied().unwrap_or(0),
+    );
+    if args.step >= args.steps {
+        return Err(Error::Invalid(format!(
+            "--step {} must be below --steps {}",
+            args.step, args.steps
+        )));
+    }
+    let (settings, _) = args.prune.settings(&unet.config, lh, lw, args.steps)?;
+    let prune = PruneStep {
+        settings,
+        step: args.step,
+        steps: args.steps,
+    };
+    let (out, records) = unet.forward_pruned(
         ctx,
         &UNetInputs {
             sample: &sample,
@@ -63,6 +88,7 @@ pub fn run(ctx: &GpuContext, args: &UNetEvalArgs) -> Result<()> {
             text_embeds: &text,
             time_ids: &time_ids,
         },
+        &prune,
     )?;
     let data = out.to_f32_vec(ctx)?;
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
@@ -70,7 +96,21 @@ pub fn run(ctx: &GpuContext, args: &UNetEvalArgs) -> Result<()> {
             "the UNet output has a non-finite value at index {i}"
         )));
     }
-    let bytes = safetensors_bytes(&[HostTensor::F32("out", out.shape().to_vec(), &data)])?;
+    // Kept indices of every pruned stack as int64 `mask.<module>` [B, k].
+    let masks = records
+        .iter()
+        .map(|(name, r)| {
+            let kept: Vec<i64> = r.kept.to_u32_vec(ctx)?.into_iter().map(i64::from).collect();
+            Ok((format!("mask.{name}"), r.kept.shape().to_vec(), kept))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut tensors = vec![HostTensor::F32("out", out.shape().to_vec(), &data)];
+    tensors.extend(
+        masks
+            .iter()
+            .map(|(n, s, v)| HostTensor::I64(n, s.clone(), v)),
+    );
+    let bytes = safetensors_bytes(&tensors)?;
     write_atomic(&args.output, &bytes)?;
     eprintln!("wrote {} (out {:?})", args.output.display(), out.shape());
     Ok(())

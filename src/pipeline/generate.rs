@@ -29,11 +29,11 @@ use crate::model::single_file::{
 };
 use crate::model::tokenizer::{ClipTokenizer, Padding};
 use crate::model::unet::{PruneStep, UNet2DConditionModel, UNetInputs};
-use crate::prune::flops::PruneSettings;
 use crate::model::vae::{VaeConfig, VaeDecoder};
 use crate::model::weights::{SafetensorsFile, Transform, WeightLoader, WeightStore};
 use crate::ops::{elementwise, guidance, layout};
 use crate::pipeline::scheduler::{EulerConfig, EulerSchedule};
+use crate::prune::flops::PruneSettings;
 use crate::tensor::{DType, Tensor};
 
 /// How to load a pipeline.
@@ -627,7 +627,11 @@ impl SdxlPipeline {
                     text_embeds: &text_embeds,
                     time_ids: &time_ids,
                 },
-                &PruneStep { settings: req.prune, step: i, steps: req.steps },
+                &PruneStep {
+                    settings: req.prune,
+                    step: i,
+                    steps: req.steps,
+                },
             )?;
             if req.record_masks {
                 recorded.extend(records.into_iter().map(|(name, r)| (i, name, r)));
