@@ -73,38 +73,7 @@ fn single_file_with_config_matches_diffusers_f32() {
     for run in ["cfg", "empty_negative", "rescale"] {
         let (req, refs) = request(run);
         let out = p.generate(ctx(), &req, |_, _| {}).unwrap();
-        let e = &out.embeds;
-        for (name, t) in [
-            ("prompt_embeds", &e.prompt_embeds),
-            ("negative_prompt_embeds", &e.negative_prompt_embeds),
-            ("pooled_prompt_embeds", &e.pooled_prompt_embeds),
-            (
-                "negative_pooled_prompt_embeds",
-                &e.negative_pooled_prompt_embeds,
-            ),
-        ] {
-            let (shape, want) = &refs[name];
-            assert_eq!(t.shape(), shape.as_slice(), "{run} {name}");
-            let got = download(t);
-            if want.iter().all(|&v| v == 0.0) {
-                assert!(
-                    got.iter().all(|&v| v == 0.0),
-                    "{run} {name}: expected zeros"
-                );
-            } else {
-                let r = assert_close(&got, want, 1e-3, &format!("{run} {name}"));
-                eprintln!("{run} {name}: {r:.2e}");
-            }
-        }
-        let r = assert_close(
-            &out.latents_final,
-            &refs["latents_final"].1,
-            1e-3,
-            &format!("{run} latents_final"),
-        );
-        eprintln!("{run} latents_final: {r:.2e}");
-        let r = assert_close(&out.image, &refs["image"].1, 2e-3, &format!("{run} image"));
-        eprintln!("{run} image: {r:.2e}");
+        assert_matches_pipeline_reference(&out, &refs, run);
     }
 }
 

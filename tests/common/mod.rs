@@ -89,3 +89,45 @@ pub fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) -> f32 {
     );
     worst.1 / max_ref
 }
+
+/// Checks a generation against a diffusers pipeline reference run (tests/fixtures/pipeline):
+/// embeddings and final latents within 1e-3 x max|ref| and the image within 2e-3 (f32 bounds of
+/// the issue); absent-negative embeddings must be exact zeros.
+pub fn assert_matches_pipeline_reference(
+    out: &atedm::pipeline::generate::GenerateOutput,
+    refs: &atedm::model::weights::HostTensors,
+    run: &str,
+) {
+    let e = &out.embeds;
+    for (name, t) in [
+        ("prompt_embeds", &e.prompt_embeds),
+        ("negative_prompt_embeds", &e.negative_prompt_embeds),
+        ("pooled_prompt_embeds", &e.pooled_prompt_embeds),
+        (
+            "negative_pooled_prompt_embeds",
+            &e.negative_pooled_prompt_embeds,
+        ),
+    ] {
+        let (shape, want) = &refs[name];
+        assert_eq!(t.shape(), shape.as_slice(), "{run} {name}");
+        let got = download(t);
+        if want.iter().all(|&v| v == 0.0) {
+            assert!(
+                got.iter().all(|&v| v == 0.0),
+                "{run} {name}: expected zeros"
+            );
+        } else {
+            let r = assert_close(&got, want, 1e-3, &format!("{run} {name}"));
+            eprintln!("{run} {name}: {r:.2e}");
+        }
+    }
+    let r = assert_close(
+        &out.latents_final,
+        &refs["latents_final"].1,
+        1e-3,
+        &format!("{run} latents_final"),
+    );
+    eprintln!("{run} latents_final: {r:.2e}");
+    let r = assert_close(&out.image, &refs["image"].1, 2e-3, &format!("{run} image"));
+    eprintln!("{run} image: {r:.2e}");
+}
