@@ -26,10 +26,6 @@ venv_bootstrap.ensure(__file__)
 # ---------------------------------------------------------------------------
 # Inside the venv from here on.
 # ---------------------------------------------------------------------------
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import json  # noqa: E402
 import shutil  # noqa: E402

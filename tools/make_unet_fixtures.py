@@ -17,9 +17,6 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-VENV = os.path.join(HERE, ".venv")
-VENV_PY = os.path.join(VENV, "bin", "python")
-REQS = os.path.join(HERE, "requirements.txt")
 OUT_ROOT = os.path.join(ROOT, "tests", "fixtures", "unet")
 
 
@@ -31,10 +28,6 @@ venv_bootstrap.ensure(__file__)
 # ---------------------------------------------------------------------------
 # Inside the venv from here on.
 # ---------------------------------------------------------------------------
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import copy  # noqa: E402
 import shutil  # noqa: E402

@@ -18,8 +18,9 @@ def in_venv():
 def ensure(script):
     """Returns when running inside tools/.venv; otherwise sets it up and re-executes `script`."""
     if in_venv():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
+        # Everything is built from local configs: never reach for the Hugging Face hub.
+        for key in ("HF_HUB_OFFLINE", "DIFFUSERS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+            os.environ.setdefault(key, "1")
         return
     if not os.path.exists(VENV_PY):
         print(f"[bootstrap] creating {VENV}", flush=True)
