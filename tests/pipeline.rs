@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use atedm::model::weights::read_all_f32;
-use atedm::pipeline::generate::{GenerateRequest, LoadOptions, SdxlPipeline};
+use atedm::pipeline::generate::{LoadOptions, SdxlPipeline};
 use atedm::DType;
 use common::*;
 
@@ -30,37 +30,10 @@ fn pipeline(dtype: DType) -> SdxlPipeline {
     .unwrap()
 }
 
-fn request(
-    run: &str,
-) -> (
-    GenerateRequest,
-    atedm::model::weights::HostTensors,
-    serde_json::Value,
-) {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{run}.json"))).unwrap())
-            .unwrap();
-    let refs = read_all_f32(&fixture(&format!("{run}.safetensors"))).unwrap();
-    let req = GenerateRequest {
-        prompt: meta["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: meta["negative_prompt"].as_str().map(String::from),
-        steps: meta["num_inference_steps"].as_u64().unwrap() as usize,
-        guidance: meta["guidance_scale"].as_f64().unwrap() as f32,
-        guidance_rescale: meta["guidance_rescale"].as_f64().unwrap() as f32,
-        width: meta["width"].as_u64().unwrap() as usize,
-        height: meta["height"].as_u64().unwrap() as usize,
-        seed: 0,
-        latents: Some(refs["latents"].1.clone()),
-        prune: Default::default(),
-        record_masks: false,
-    };
-    (req, refs, meta)
-}
-
 #[test]
 fn token_ids_match_transformers() {
     let p = pipeline(DType::F32);
-    let (_, _, meta) = request("cfg");
+    let (_, _, meta) = pipeline_request("cfg");
     let ids = &meta["token_ids"];
     let want = |k: &str| -> Vec<u32> {
         ids[k]
@@ -94,14 +67,14 @@ fn token_ids_match_transformers() {
 fn generation_matches_diffusers_f32() {
     let p = pipeline(DType::F32);
     for run in ["cfg", "empty_negative", "rescale"] {
-        let (req, refs, _) = request(run);
+        let (req, refs, _) = pipeline_request(run);
         let out = p.generate(ctx(), &req, |_, _| {}).unwrap();
         assert_matches_pipeline_reference(&out, &refs, run);
     }
 }
 
 fn cli_args(out: &Path) -> atedm::cli::generate::GenerateArgs {
-    let (req, _, _) = request("cfg");
+    let (req, _, _) = pipeline_request("cfg");
     atedm::cli::generate::GenerateArgs {
         model: fixture("sdxl-tiny"),
         config: None,
@@ -256,7 +229,7 @@ fn generation_f16_matches_diffusers_within_f16_bounds() {
     // bound (measured in the README).
     let p = pipeline(DType::F16);
     assert_eq!(p.vae_dtype, DType::F32);
-    let (req, refs, _) = request("cfg");
+    let (req, refs, _) = pipeline_request("cfg");
     let out = p.generate(ctx(), &req, |_, _| {}).unwrap();
     let r = assert_close(
         &download(&out.embeds.prompt_embeds),

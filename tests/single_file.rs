@@ -12,7 +12,7 @@ use atedm::model::clip::ClipTextConfig;
 use atedm::model::single_file::{clip_l_key, BigGKeyMap, VaeKeyMap};
 use atedm::model::vae::VaeConfig;
 use atedm::model::weights::{read_all_f32, SafetensorsFile, Transform, WeightStore};
-use atedm::pipeline::generate::{GenerateRequest, LoadOptions, SdxlPipeline};
+use atedm::pipeline::generate::{LoadOptions, SdxlPipeline};
 use atedm::DType;
 use common::*;
 
@@ -41,27 +41,6 @@ fn load_err(path: &Path, config: Option<PathBuf>) -> String {
     }
 }
 
-fn request(run: &str) -> (GenerateRequest, atedm::model::weights::HostTensors) {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{run}.json"))).unwrap())
-            .unwrap();
-    let refs = read_all_f32(&fixture(&format!("{run}.safetensors"))).unwrap();
-    let req = GenerateRequest {
-        prompt: meta["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: meta["negative_prompt"].as_str().map(String::from),
-        steps: meta["num_inference_steps"].as_u64().unwrap() as usize,
-        guidance: meta["guidance_scale"].as_f64().unwrap() as f32,
-        guidance_rescale: meta["guidance_rescale"].as_f64().unwrap() as f32,
-        width: meta["width"].as_u64().unwrap() as usize,
-        height: meta["height"].as_u64().unwrap() as usize,
-        seed: 0,
-        latents: Some(refs["latents"].1.clone()),
-        prune: Default::default(),
-        record_masks: false,
-    };
-    (req, refs)
-}
-
 #[test]
 fn single_file_with_config_matches_diffusers_f32() {
     let p = SdxlPipeline::load(
@@ -71,7 +50,7 @@ fn single_file_with_config_matches_diffusers_f32() {
     )
     .unwrap();
     for run in ["cfg", "empty_negative", "rescale"] {
-        let (req, refs) = request(run);
+        let (req, refs, _) = pipeline_request(run);
         let out = p.generate(ctx(), &req, |_, _| {}).unwrap();
         assert_matches_pipeline_reference(&out, &refs, run);
     }
@@ -262,7 +241,7 @@ fn missing_and_unknown_tensors_are_named() {
 
 #[test]
 fn generate_cli_takes_a_single_file_with_config() {
-    let (req, refs) = request("cfg");
+    let (req, refs, _) = pipeline_request("cfg");
     let dir = std::env::temp_dir().join(format!("atedm-single-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let inter = dir.join("inter.safetensors");

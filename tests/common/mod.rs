@@ -131,3 +131,35 @@ pub fn assert_matches_pipeline_reference(
     let r = assert_close(&out.image, &refs["image"].1, 2e-3, &format!("{run} image"));
     eprintln!("{run} image: {r:.2e}");
 }
+
+/// A reference run of the pipeline fixture (tests/fixtures/pipeline/<run>.{json,safetensors}):
+/// the request that reproduces it (its prompts, settings and initial latents), the reference
+/// tensors and the json metadata.
+pub fn pipeline_request(
+    run: &str,
+) -> (
+    atedm::pipeline::generate::GenerateRequest,
+    atedm::model::weights::HostTensors,
+    serde_json::Value,
+) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{run}.json"))).unwrap())
+            .unwrap();
+    let refs =
+        atedm::model::weights::read_all_f32(&dir.join(format!("{run}.safetensors"))).unwrap();
+    let req = atedm::pipeline::generate::GenerateRequest {
+        prompt: meta["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: meta["negative_prompt"].as_str().map(String::from),
+        steps: meta["num_inference_steps"].as_u64().unwrap() as usize,
+        guidance: meta["guidance_scale"].as_f64().unwrap() as f32,
+        guidance_rescale: meta["guidance_rescale"].as_f64().unwrap() as f32,
+        width: meta["width"].as_u64().unwrap() as usize,
+        height: meta["height"].as_u64().unwrap() as usize,
+        seed: 0,
+        latents: Some(refs["latents"].1.clone()),
+        prune: Default::default(),
+        record_masks: false,
+    };
+    (req, refs, meta)
+}
