@@ -73,6 +73,25 @@ fn generation_matches_diffusers_f32() {
     }
 }
 
+/// An RGB8 96x64 PNG's pixels and its `parameters` text.
+fn read_png(path: &Path) -> (Vec<u8>, String) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (96, 64));
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let params = reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .expect("parameters chunk")
+        .text
+        .clone();
+    (buf, params)
+}
+
 fn cli_args(out: &Path) -> atedm::cli::generate::GenerateArgs {
     let (req, _, _) = pipeline_request("cfg");
     atedm::cli::generate::GenerateArgs {
@@ -110,23 +129,10 @@ fn generate_cli_writes_png_and_intermediates() {
     };
     run(ctx(), &args).unwrap();
     // The PNG: right size, RGB8, the parameters in a text chunk, pixels = clamp(image/2+0.5).
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(&png_path).unwrap(),
-    ));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!((info.width, info.height), (96, 64));
-    assert_eq!(info.color_type, png::ColorType::Rgb);
-    let text = &reader.info().uncompressed_latin1_text;
-    let params = text
-        .iter()
-        .find(|t| t.keyword == "parameters")
-        .expect("parameters chunk");
+    let (buf, params) = read_png(&png_path);
     assert!(
-        params.text.contains("astronaut") && params.text.contains("Steps: 4"),
-        "{}",
-        params.text
+        params.contains("astronaut") && params.contains("Steps: 4"),
+        "{params}"
     );
     let refs = read_all_f32(&fixture("cfg.safetensors")).unwrap();
     let (w, h) = (96, 64);
@@ -344,5 +350,51 @@ fn generate_with_atedm_dumps_masks() {
     assert!(masks.join("step_003_mid_block.attentions.0.png").is_file());
     // The pruned image differs from the full one but is a valid image.
     assert!(dir.join("out.png").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn generate_with_tome_merges_and_records_the_setting() {
+    use atedm::cli::flops::{PruneArg, PruneArgs};
+    use atedm::cli::generate::{run, GenerateArgs};
+    let dir = std::env::temp_dir().join(format!("atedm-generate-tome-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prune = PruneArgs {
+        prune: PruneArg::Tome,
+        merge_ratio: Some(0.5),
+        tome_merge: Some("attn1,mlp".into()),
+        ..Default::default()
+    };
+    let full = dir.join("full.png");
+    run(ctx(), &cli_args(&full)).unwrap();
+    let merged = dir.join("tome.png");
+    let args = GenerateArgs {
+        prune: prune.clone(),
+        ..cli_args(&merged)
+    };
+    run(ctx(), &args).unwrap();
+    let ((a, _), (b, params)) = (read_png(&full), read_png(&merged));
+    let diff = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert!(
+        diff > a.len() / 10,
+        "ToMe changes the image: {diff} bytes differ"
+    );
+    assert!(
+        params.contains("Pruning: ToMe, merge ratio 0.5000 around attn1+mlp"),
+        "{params}"
+    );
+    // ToMe has no token masks to dump.
+    let e = run(
+        ctx(),
+        &GenerateArgs {
+            dump_masks: Some(dir.join("masks")),
+            overwrite: true,
+            prune,
+            ..cli_args(&merged)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--dump-masks"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Reference tensors for atedm's AT-EDM token pruning (spec: docs atedm.md), computed with
-tools/atedm_reference.py on top of Hugging Face diffusers.
+"""Reference tensors for atedm's AT-EDM token pruning and the ToMe token-merging baseline (spec:
+docs atedm.md), computed with tools/atedm_reference.py and tools/tome_reference.py on top of
+Hugging Face diffusers.
 
 Usage (from anywhere):   python3 tools/make_prune_fixtures.py
 
 Same bootstrap as make_unet_fixtures.py (tools/.venv, pinned tools/requirements.txt).
 Loads the committed tiny UNets tests/fixtures/unet/{tiny-a,tiny-b}/unet and their
 inputs.safetensors (nothing from the hub) and writes tests/fixtures/prune/<model>_<case>.
-{safetensors,json} (see tests/fixtures/README.md).  Deterministic: a rerun writes the same bytes.
+{safetensors,json} (AT-EDM), tests/fixtures/prune/<model>_tome_<case>.{safetensors,json} (ToMe)
+and tests/fixtures/prune/tiny-a_odd_inputs.safetensors (an odd-grid input for ToMe) (see
+tests/fixtures/README.md).  Deterministic: a rerun writes the same bytes.
 """
 
 import os
@@ -28,6 +31,7 @@ venv_bootstrap.ensure(__file__)
 # ---------------------------------------------------------------------------
 
 import json  # noqa: E402
+import platform  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -39,6 +43,7 @@ import diffusers  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 import atedm_reference as ar  # noqa: E402
+import tome_reference as tr  # noqa: E402
 
 warnings.filterwarnings("ignore")
 diffusers.utils.logging.set_verbosity_error()
@@ -58,6 +63,24 @@ CASES = [
     ("dsap_late", dict(keep_ratio=0.5, T=5, p=0, dsap=True, tau=0.25, step=6, steps=8), False),
     ("dagger_k050", dict(keep_ratio=0.5, T=5, p=0, dagger=True), False),
 ]
+
+
+# ToMe: (model, case name, TomeConfig kwargs); files <model>_tome_<case>.*
+TOME_CASES = [
+    ("tiny-a", "r050_det", dict(ratio=0.5, random=False)),
+    ("tiny-a", "r050_rand", dict(ratio=0.5, random=True, seed=7, step=3)),
+    ("tiny-a", "r075_all", dict(ratio=0.75, random=True, seed=1, step=0,
+                                merge_crossattn=True, merge_mlp=True)),
+    ("tiny-a", "r030_ds2", dict(ratio=0.3, max_downsample=2, random=True, seed=2)),
+    ("tiny-b", "r050_mlp", dict(ratio=0.5, random=True, seed=5, step=9, merge_mlp=True)),
+    ("tiny-b", "r060_all_det", dict(ratio=0.6, random=False, merge_crossattn=True,
+                                    merge_mlp=True)),
+]
+# odd-grid ToMe case on tiny-a with a new 12x20 latent (level-2 grid 6x10, level-3 grid 3x5)
+ODD_INPUTS = "tiny-a_odd_inputs"
+ODD_SAMPLE_SHAPE = (2, 4, 12, 20)
+ODD_SAMPLE_SEED = 4321
+ODD_CASE = ("tiny-a", "odd_r060", dict(ratio=0.6, random=True, seed=3, step=1, merge_mlp=True))
 
 
 def load(name):
@@ -180,6 +203,203 @@ def run_case(name, unet, inp, out0, case, kwargs, store_io, lines):
     return out
 
 
+# ---------------------------------------------------------------------------
+# ToMe
+# ---------------------------------------------------------------------------
+def versions():
+    import numpy
+    import safetensors
+    return dict(python=platform.python_version(), torch=torch.__version__,
+                diffusers=diffusers.__version__, numpy=numpy.__version__,
+                safetensors=safetensors.__version__)
+
+
+def make_odd_inputs(inp):
+    """tiny-a input with a 12x20 latent: new seeded sample, the other tensors copied."""
+    g = torch.Generator().manual_seed(ODD_SAMPLE_SEED)
+    odd = {"sample": torch.randn(ODD_SAMPLE_SHAPE, generator=g)}
+    for k in ("timestep", "encoder_hidden_states", "text_embeds", "time_ids"):
+        odd[k] = inp[k].clone()
+    return odd
+
+
+def check_merge_means(rb):
+    """m(x) computed by the reference equals, slot by slot, the mean of the rows of x mapped to
+    that slot by u (so m and u describe the same plan).  Returns the max abs difference."""
+    x = rb["x"]
+    m, _ = tr.make_merge_unmerge(rb, identity=False)
+    mx = m(x)
+    slot = rb["slot"]
+    worst = 0.0
+    for b in range(x.shape[0]):
+        for k in range(rb["Nunm"] + rb["Ndst"]):
+            rows = x[b, slot[b] == k]
+            assert rows.shape[0] >= 1, "empty slot"
+            worst = max(worst, (rows.double().mean(0) - mx[b, k].double()).abs().max().item())
+    return worst
+
+
+@torch.no_grad()
+def tome_sanity(name, unet, inp, out0, lines):
+    """r = 0 everywhere: the patched UNet is diffusers exactly; the forced permutation m/u
+    (r = 0, not skipped) agrees up to f32 reduction order."""
+    for random in (False, True):
+        cfg = tr.TomeConfig(ratio=1e-4, merge_attn=True, merge_crossattn=True, merge_mlp=True,
+                            random=random, seed=11, step=2)
+        with tr.patch_unet_tome(unet, cfg) as rec:
+            o = forward(unet, inp)
+        nsel = sum(r["selected"] for r in rec.plan)
+        assert len(rec.blocks) == nsel > 0 and all(b["r"] == 0 for b in rec.blocks.values())
+        assert torch.equal(o, out0), f"{name}: ToMe r=0 differs from diffusers"
+        lines.append(f"  tome sanity r=0 (random={random}, all three merges): {nsel} blocks "
+                     f"patched, bit-identical to diffusers")
+        cfg.force_permute = True
+        with tr.patch_unet_tome(unet, cfg) as rec:
+            o = forward(unet, inp)
+        d = rel_max(o, out0)
+        assert d < 1e-5, f"{name}: ToMe r=0 forced permutation differs by {d}"
+        lines.append(f"  tome sanity r=0 forced m/u permutation (random={random}): rel max diff "
+                     f"{d:.2e}")
+
+
+@torch.no_grad()
+def run_tome_case(name, unet, inp, out0, case, kwargs, lines, inputs_path, unpruned_path):
+    cfg = tr.TomeConfig(**kwargs)
+    with tr.patch_unet_tome(unet, cfg) as rec:
+        out = forward(unet, inp)
+    assert torch.isfinite(out).all()
+    with tr.patch_unet_tome(unet, cfg) as rec2:
+        assert torch.equal(forward(unet, inp), out), f"{case}: rerun differs"
+    sel = [r for r in rec.plan if r["selected"]]
+    assert sorted(rec.blocks) == sorted(r["name"] for r in sel)
+    tensors = {"out": out}
+    blocks_json = {}
+    worst_mean = 0.0
+    for row in sel:
+        bname = row["name"]
+        rb = rec.blocks[bname]
+        assert torch.equal(rec2.blocks[bname]["slot"], rb["slot"])
+        err = tr.check_slot(rb)
+        assert err is None, f"{case} {bname}: {err}"
+        naive = tr.naive_slot(cfg, rb["block_id"], rb["x"], rb["h"], rb["w"])
+        assert rb["slot"].tolist() == naive, f"{case} {bname}: slot differs from naive loops"
+        worst_mean = max(worst_mean, check_merge_means(rb))
+        tensors[f"slot.{bname}"] = rb["slot"].contiguous()
+        nt_arg = [g is not None and g < tr.NEAR_TIE_REL for g in rb["argmax_min_rel_gap"]]
+        nt_sel = [g is not None and g < tr.NEAR_TIE_REL for g in rb["selection_rel_gap"]]
+        blocks_json[bname] = dict(
+            stack=rb["stack"], level=row["level"], block_id=rb["block_id"],
+            N=rb["N"], h=rb["h"], w=rb["w"], Nsrc=rb["Nsrc"], Ndst=rb["Ndst"], r=rb["r"],
+            Nunm=rb["Nunm"], ratio_times_N=float(cfg.ratio) * rb["N"],
+            dst=[int(t) for t in rb["dst"]],
+            argmax_min_rel_gap=rb["argmax_min_rel_gap"],
+            selection_rel_gap=rb["selection_rel_gap"],
+            argmax_near_tie=nt_arg, selection_near_tie=nt_sel,
+            merged_dst_count=rb["merged_dst_count"],
+        )
+    assert worst_mean < 1e-5, worst_mean
+    if case == "r050_det":
+        # deterministic: every window's destination is its top-left token
+        for v in blocks_json.values():
+            w = v["w"]
+            assert v["dst"] == [2 * wy * w + 2 * wx for wy in range(v["h"] // 2)
+                                for wx in range(w // 2)]
+    rd = rel_max(out, out0)
+    assert rd > 1e-3, f"{case}: merged output too close to unpruned ({rd})"
+    meta = dict(
+        model=name,
+        case=f"tome_{case}",
+        method="ToMe (tools/tome_reference.py; spec atedm.md 'ToMe baseline')",
+        unet=f"tests/fixtures/unet/{name}/unet",
+        inputs=inputs_path,
+        unpruned=unpruned_path,
+        settings=cfg.as_dict(),
+        plan=rec.plan,
+        merged_blocks=[r["name"] for r in sel],
+        blocks=blocks_json,
+        near_tie_rel=tr.NEAR_TIE_REL,
+        any_near_tie=any(any(v["argmax_near_tie"]) or any(v["selection_near_tie"])
+                         for v in blocks_json.values()),
+        mix32_examples={str(x): tr.mix32(x) for x in (0, 1, 2, 3, 7, 0xDEADBEEF, 0xFFFFFFFF)},
+        rel_max_diff_vs_unpruned=rd,
+        versions=versions(),
+    )
+    base = os.path.join(OUT_ROOT, f"{name}_tome_{case}")
+    save_file(tensors, base + ".safetensors")
+    with open(base + ".json", "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.write("\n")
+    groups = {}
+    for v in blocks_json.values():
+        key = (v["level"], v["N"], v["Nsrc"], v["r"])
+        groups[key] = groups.get(key, 0) + 1
+    rs = ", ".join(f"L{lv} {cnt}x r={r}/Nsrc {ns}/N {n}"
+                   for (lv, n, ns, r), cnt in sorted(groups.items()))
+
+    def gmin(key):
+        g = [x for v in blocks_json.values() for x in v[key] if x is not None]
+        return f"{min(g):.2e}" if g else "n/a"
+
+    lines.append(f"  tome_{case}: {len(blocks_json)} blocks merged [{rs}]; rel max diff vs "
+                 f"unpruned {rd:.4f}; min argmax rel gap {gmin('argmax_min_rel_gap')}; "
+                 f"min selection rel gap {gmin('selection_rel_gap')}; near ties "
+                 f"{'YES' if meta['any_near_tie'] else 'none'}; m/u mean check {worst_mean:.1e}; "
+                 f"{os.path.getsize(base + '.safetensors'):,} B")
+    return out
+
+
+def check_mix32():
+    """tr.mix32 (Python ints masked to 32 bits) against numpy uint32 wrapping arithmetic."""
+    import numpy as np
+    xs = np.array([0, 1, 2, 3, 7, 0xDEADBEEF, 0xFFFFFFFF] + list(range(1000, 1100)),
+                  dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        x = xs.copy()
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+        x ^= x >> np.uint32(16)
+    assert [tr.mix32(int(v)) for v in xs] == [int(v) for v in x]
+
+
+def tome_all(lines):
+    check_mix32()
+    models = {}
+    for name in MODELS:
+        unet, inp, ref = load(name)
+        out0 = forward(unet, inp)
+        assert torch.equal(out0, ref) or (out0 - ref).abs().max().item() <= 1e-6
+        models[name] = (unet, inp, out0)
+        lines.append(f"{name} (ToMe): blocks " + ", ".join(
+            f"{r['block_id']}:{r['name'].replace('.transformer_blocks.', '.tb')}"
+            f"(L{r['level']}{'' if r['selected'] else ',unsel@4'})"
+            for r in tr.block_plan(unet, tr.TomeConfig(ratio=0.5))))
+        tome_sanity(name, unet, inp, out0, lines)
+        for model, case, kw in TOME_CASES:
+            if model == name:
+                run_tome_case(name, unet, inp, out0, case, kw, lines,
+                              f"tests/fixtures/unet/{name}/inputs.safetensors",
+                              f"tests/fixtures/unet/{name}/outputs.safetensors:out")
+    # odd grid
+    name, case, kw = ODD_CASE
+    unet, inp, _ = models[name]
+    odd = make_odd_inputs(inp)
+    out_full = forward(unet, odd)
+    assert torch.isfinite(out_full).all()
+    assert torch.equal(forward(unet, odd), out_full)
+    path = os.path.join(OUT_ROOT, ODD_INPUTS + ".safetensors")
+    save_file(dict(odd, out_full=out_full), path)
+    back = load_file(path)
+    assert all(torch.equal(back[k], v) for k, v in dict(odd, out_full=out_full).items())
+    lines.append(f"{name} odd input {list(ODD_SAMPLE_SHAPE)} (seed {ODD_SAMPLE_SEED}): "
+                 f"out_full std {out_full.std().item():.3f}, "
+                 f"{os.path.getsize(path):,} B")
+    tome_sanity(name, unet, odd, out_full, lines)
+    rel = f"tests/fixtures/prune/{ODD_INPUTS}.safetensors"
+    run_tome_case(name, unet, odd, out_full, case, kw, lines, rel, rel + ":out_full")
+
+
 def dir_size(path):
     return sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(path) for f in fs)
 
@@ -202,6 +422,7 @@ def main():
         sanity(name, unet, inp, out0, lines)
         for case, kw, io in CASES:
             run_case(name, unet, inp, out0, case, kw, io, lines)
+    tome_all(lines)
     print("\n".join(lines))
     print(f"total tests/fixtures/prune: {dir_size(OUT_ROOT):,} bytes; {time.time() - t0:.1f} s")
 

@@ -7,8 +7,9 @@ use clap::{Args, ValueEnum};
 use crate::error::{Error, Result};
 use crate::model::config::UNetConfig;
 use crate::prune::flops::{
-    keep_ratio_for_budget, named_budget, unet_flops, PruneMode, PruneSettings,
+    keep_ratio_for_budget, named_budget_for, tome_for_budget, unet_flops, PruneMode, PruneSettings,
 };
+use crate::prune::tome::TomeSettings;
 
 /// `--prune` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -35,9 +36,24 @@ pub struct PruneArgs {
     /// Fraction of tokens kept after the pruning block, in (0, 1].
     #[arg(long)]
     pub keep_ratio: Option<f64>,
-    /// FLOPs budget per step: TFLOPs (e.g. 4.1) or the paper's settings a, b, c, d (2.9, 3.6, 4.1, 4.5 TFLOPs).
+    /// FLOPs budget per step: TFLOPs (e.g. 4.1) or the paper's settings a, b, c, d (2.9, 3.6, 4.1, 4.5 TFLOPs; ToMe's d is 4.6).
     #[arg(long)]
     pub flops: Option<String>,
+    /// ToMe: fraction of each block's tokens merged away, in (0, 1] (capped at the sources, 3/4 of the tokens).
+    #[arg(long)]
+    pub merge_ratio: Option<f64>,
+    /// ToMe: layers merged around, a comma list of attn1, attn2, mlp (default attn1; with --flops, the fewest that reach the budget).
+    #[arg(long)]
+    pub tome_merge: Option<String>,
+    /// ToMe: merge in stacks whose downsample factor is at most this (SD-XL: 2 = level 2, 4 = levels 2 and 3).
+    #[arg(long, default_value_t = 4)]
+    pub tome_max_downsample: usize,
+    /// ToMe: random destination per 2x2 window (seeded), or the top-left token when off.
+    #[arg(long, value_enum, default_value = "on")]
+    pub tome_random: OnOff,
+    /// ToMe: seed of the destination choice.
+    #[arg(long, default_value_t = 0)]
+    pub tome_seed: u32,
     /// G-WPR iterations.
     #[arg(long, default_value_t = 5)]
     pub gwpr_iters: usize,
@@ -59,6 +75,11 @@ impl Default for PruneArgs {
             prune: PruneArg::None,
             keep_ratio: None,
             flops: None,
+            merge_ratio: None,
+            tome_merge: None,
+            tome_max_downsample: 4,
+            tome_random: OnOff::On,
+            tome_seed: 0,
             gwpr_iters: 5,
             prune_block: 0,
             dsap: OnOff::On,
@@ -81,7 +102,7 @@ impl PruneArgs {
             PruneArg::None => PruneMode::None,
             PruneArg::Atedm => PruneMode::AtEdm,
             PruneArg::AtedmDagger => PruneMode::AtEdmDagger,
-            PruneArg::Tome => return Err(Error::Unsupported("ToMe is not implemented yet".into())),
+            PruneArg::Tome => PruneMode::Tome,
         };
         if !(0.0..=1.0).contains(&self.tau) {
             return Err(Error::Invalid(format!(
@@ -89,6 +110,7 @@ impl PruneArgs {
                 self.tau
             )));
         }
+        let tome_layers = self.tome_layers()?;
         let mut s = PruneSettings {
             mode,
             keep_ratio: self.keep_ratio.unwrap_or(1.0),
@@ -96,10 +118,37 @@ impl PruneArgs {
             prune_block: self.prune_block,
             dsap: self.dsap == OnOff::On,
             tau: self.tau,
+            tome: TomeSettings {
+                ratio: self.merge_ratio.unwrap_or(TomeSettings::default().ratio),
+                merge_attn: tome_layers.is_none_or(|l| l.0),
+                merge_crossattn: tome_layers.is_some_and(|l| l.1),
+                merge_mlp: tome_layers.is_some_and(|l| l.2),
+                max_downsample: self.tome_max_downsample,
+                random: self.tome_random == OnOff::On,
+                seed: self.tome_seed,
+            },
         };
         if mode == PruneMode::None && (self.keep_ratio.is_some() || self.flops.is_some()) {
             return Err(Error::Invalid(
-                "--keep-ratio and --flops need --prune atedm or atedm-dagger".into(),
+                "--keep-ratio and --flops need --prune atedm, atedm-dagger or tome".into(),
+            ));
+        }
+        if mode == PruneMode::Tome {
+            if self.keep_ratio.is_some() {
+                return Err(Error::Invalid(
+                    "ToMe takes --merge-ratio (the fraction of tokens merged away), not --keep-ratio"
+                        .into(),
+                ));
+            }
+            if self.merge_ratio.is_some() && self.flops.is_some() {
+                return Err(Error::Invalid(
+                    "give --merge-ratio or --flops, not both".into(),
+                ));
+            }
+            s.tome.validate()?;
+        } else if self.merge_ratio.is_some() || self.tome_merge.is_some() {
+            return Err(Error::Invalid(
+                "--merge-ratio and --tome-merge are ToMe options: add --prune tome".into(),
             ));
         }
         let budget = match &self.flops {
@@ -110,7 +159,7 @@ impl PruneArgs {
                 ));
             }
             Some(b) => {
-                let t = named_budget(b)
+                let t = named_budget_for(mode, b)
                     .or_else(|| b.parse::<f64>().ok())
                     .ok_or_else(|| {
                         Error::Invalid(format!(
@@ -120,12 +169,89 @@ impl PruneArgs {
                 if t.is_nan() || t <= 0.0 {
                     return Err(Error::Invalid(format!("--flops must be positive, got {t}")));
                 }
-                s.keep_ratio = keep_ratio_for_budget(cfg, lh, lw, steps, &s, t * 1e12)?;
+                if mode == PruneMode::Tome {
+                    let escalate = tome_layers.is_none();
+                    s.tome = tome_for_budget(cfg, lh, lw, steps, &s, t * 1e12, escalate)?;
+                } else {
+                    s.keep_ratio = keep_ratio_for_budget(cfg, lh, lw, steps, &s, t * 1e12)?;
+                }
                 Some(t * 1e12)
             }
         };
         Ok((s, budget))
     }
+
+    /// `--tome-merge` as (attn1, attn2, mlp); `None` when not given.
+    fn tome_layers(&self) -> Result<Option<(bool, bool, bool)>> {
+        let Some(list) = &self.tome_merge else {
+            return Ok(None);
+        };
+        let mut l = (false, false, false);
+        for part in list.split(',').map(str::trim) {
+            match part {
+                "attn1" => l.0 = true,
+                "attn2" => l.1 = true,
+                "mlp" => l.2 = true,
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "--tome-merge '{part}': expected a comma list of attn1, attn2, mlp"
+                    )))
+                }
+            }
+        }
+        Ok(Some(l))
+    }
+}
+
+/// One line describing pruning settings (for logs and the PNG's parameters).
+pub fn describe_prune(s: &PruneSettings, budget: Option<f64>) -> String {
+    let how = budget.map_or(String::new(), |b| {
+        format!(", solved for {:.3} TFLOPs/step", b / 1e12)
+    });
+    match s.mode {
+        PruneMode::None => "none".into(),
+        PruneMode::Tome => format!("{}{how}", describe_tome(&s.tome)),
+        PruneMode::AtEdm | PruneMode::AtEdmDagger => format!(
+            "{}, keep ratio {:.4}{how}, G-WPR T={}, pruning block {}, DSAP {}",
+            if s.mode == PruneMode::AtEdm {
+                "AT-EDM"
+            } else {
+                "AT-EDM-dagger"
+            },
+            s.keep_ratio,
+            s.gwpr_iters,
+            s.prune_block,
+            if s.dsap {
+                format!("on (tau {})", s.tau)
+            } else {
+                "off".into()
+            }
+        ),
+    }
+}
+
+/// One line describing ToMe settings.
+pub fn describe_tome(t: &TomeSettings) -> String {
+    let layers: Vec<&str> = [
+        (t.merge_attn, "attn1"),
+        (t.merge_crossattn, "attn2"),
+        (t.merge_mlp, "mlp"),
+    ]
+    .iter()
+    .filter(|l| l.0)
+    .map(|l| l.1)
+    .collect();
+    format!(
+        "ToMe, merge ratio {:.4} around {}, stacks with downsample <= {}, destinations {}",
+        t.ratio,
+        layers.join("+"),
+        t.max_downsample,
+        if t.random {
+            format!("random (seed {})", t.seed)
+        } else {
+            "top-left".into()
+        }
+    )
 }
 
 #[derive(Args, Debug)]
@@ -174,6 +300,12 @@ pub fn run(a: &FlopsArgs) -> Result<()> {
     );
     if s.mode == PruneMode::None {
         println!("pruning: none");
+    } else if s.mode == PruneMode::Tome {
+        let how = match budget {
+            Some(b) => format!(" (solved for {:.3} TFLOPs)", b / 1e12),
+            None => String::new(),
+        };
+        println!("pruning: {}{how}", describe_tome(&s.tome));
     } else {
         let how = match budget {
             Some(b) => format!("solved for {:.3} TFLOPs", b / 1e12),
@@ -209,8 +341,13 @@ pub fn run(a: &FlopsArgs) -> Result<()> {
         f.full / f.model
     );
     println!(
-        "pruning overhead TFLOPs/step: {:.4} (head-mean map + G-WPR; not in the figure above)",
-        f.overhead / 1e12
+        "pruning overhead TFLOPs/step: {:.4} ({}; not in the figure above)",
+        f.overhead / 1e12,
+        if s.mode == PruneMode::Tome {
+            "ToMe's similarity matrices"
+        } else {
+            "head-mean map + G-WPR"
+        }
     );
     Ok(())
 }
@@ -224,6 +361,11 @@ mod tests {
             prune,
             keep_ratio: keep,
             flops: flops.map(String::from),
+            merge_ratio: None,
+            tome_merge: None,
+            tome_max_downsample: 4,
+            tome_random: OnOff::On,
+            tome_seed: 0,
             gwpr_iters: 5,
             prune_block: 0,
             dsap: OnOff::On,
@@ -253,6 +395,21 @@ mod tests {
         assert!(e(args(PruneArg::Atedm, None, Some("z"))).contains("a, b, c, d"));
         assert!(e(args(PruneArg::Atedm, None, Some("-1"))).contains("positive"));
         assert!(e(args(PruneArg::Atedm, None, Some("a"))).contains("below"));
-        assert!(e(args(PruneArg::Tome, None, None)).contains("ToMe"));
+        assert!(e(args(PruneArg::Tome, Some(0.5), None)).contains("--merge-ratio"));
+        let tome_layers = |l: &str| PruneArgs {
+            tome_merge: Some(l.into()),
+            ..args(PruneArg::Tome, None, None)
+        };
+        assert!(e(tome_layers("attn1,ff")).contains("'ff'"));
+        assert!(e(PruneArgs {
+            merge_ratio: Some(0.5),
+            ..args(PruneArg::Atedm, None, None)
+        })
+        .contains("--prune tome"));
+        assert!(e(PruneArgs {
+            merge_ratio: Some(1.5),
+            ..args(PruneArg::Tome, None, None)
+        })
+        .contains("(0, 1]"));
     }
 }

@@ -119,12 +119,15 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
     let (prune, budget) =
         a.prune
             .settings(&pipe.unet.config, a.height / down, a.width / down, a.steps)?;
-    if let Some(b) = budget {
-        eprintln!(
-            "pruning: keep ratio {:.4} for {:.3} TFLOPs per step",
-            prune.keep_ratio,
-            b / 1e12
-        );
+    if a.dump_masks.is_some() && prune.mode == crate::prune::flops::PruneMode::Tome {
+        return Err(Error::Invalid(
+            "--dump-masks saves AT-EDM's token masks; ToMe merges tokens and has none (use --prune atedm)"
+                .into(),
+        ));
+    }
+    let prune_text = crate::cli::flops::describe_prune(&prune, budget);
+    if prune.mode != crate::prune::flops::PruneMode::None {
+        eprintln!("pruning: {prune_text}");
     }
     let req = GenerateRequest {
         prompt: a.prompt.clone(),
@@ -150,7 +153,7 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
         eprintln!("warning: the prompt was longer than 75 tokens and was truncated");
     }
     let params = format!(
-        "{}\nNegative prompt: {}\nSteps: {}, Sampler: Euler, CFG scale: {}, Guidance rescale: {}, Seed: {}, Size: {}x{}, Model: {}, Engine: atedm {}",
+        "{}\nNegative prompt: {}\nSteps: {}, Sampler: Euler, CFG scale: {}, Guidance rescale: {}, Seed: {}, Size: {}x{}, Model: {}, Pruning: {}, Engine: atedm {}",
         a.prompt,
         a.negative_prompt.as_deref().unwrap_or(""),
         a.steps,
@@ -160,6 +163,7 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
         a.width,
         a.height,
         a.model.display(),
+        prune_text,
         env!("CARGO_PKG_VERSION")
     );
     if let Some(p) = &a.save_intermediates {

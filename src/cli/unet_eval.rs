@@ -96,13 +96,22 @@ pub fn run(ctx: &GpuContext, args: &UNetEvalArgs) -> Result<()> {
             "the UNet output has a non-finite value at index {i}"
         )));
     }
-    // Kept indices of every pruned stack as int64 `mask.<module>` [B, k].
+    // Kept indices of every pruned stack as int64 `mask.<module>` [B, k]; with ToMe, the merged
+    // row of every token of every merged block as `slot.<module>` [B, N].
+    let as_i64 = |name: String, t: &Tensor| -> Result<(String, Vec<usize>, Vec<i64>)> {
+        let v: Vec<i64> = t.to_u32_vec(ctx)?.into_iter().map(i64::from).collect();
+        Ok((name, t.shape().to_vec(), v))
+    };
     let masks = records
+        .stacks
         .iter()
-        .map(|(name, r)| {
-            let kept: Vec<i64> = r.kept.to_u32_vec(ctx)?.into_iter().map(i64::from).collect();
-            Ok((format!("mask.{name}"), r.kept.shape().to_vec(), kept))
-        })
+        .map(|(name, r)| as_i64(format!("mask.{name}"), &r.kept))
+        .chain(
+            records
+                .merges
+                .iter()
+                .map(|(name, slot)| as_i64(format!("slot.{name}"), slot)),
+        )
         .collect::<Result<Vec<_>>>()?;
     let mut tensors = vec![HostTensor::F32("out", out.shape().to_vec(), &data)];
     tensors.extend(

@@ -13,6 +13,7 @@ use crate::ops::embedding::{self, TimestepEmbedding};
 use crate::ops::{gather, layout};
 use crate::prune::flops::{self, PruneMode, PruneSettings};
 use crate::prune::gwpr;
+use crate::prune::tome::{self, TomeSettings};
 use crate::tensor::{DType, Tensor};
 
 /// `TimestepEmbedding`: linear_1, SiLU, linear_2.
@@ -109,7 +110,7 @@ impl Attention {
         ctx: &GpuContext,
         x: &Tensor,
         context: Option<&Tensor>,
-        residual: &Tensor,
+        residual: Option<&Tensor>,
         with_map: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let kv = context.unwrap_or(x);
@@ -127,7 +128,7 @@ impl Attention {
         } else {
             (attention::attention(ctx, &q, &k, &v, &opts)?, None)
         };
-        Ok((self.to_out.forward(ctx, &o, Some(residual))?, map))
+        Ok((self.to_out.forward(ctx, &o, residual)?, map))
     }
 }
 
@@ -166,15 +167,66 @@ impl BasicTransformerBlock {
         with_map: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let n = self.norm1.forward(ctx, h)?;
-        let (h, map) = self.attn1.forward(ctx, &n, None, h, with_map)?;
+        let (h, map) = self.attn1.forward(ctx, &n, None, Some(h), with_map)?;
         let n = self.norm2.forward(ctx, &h)?;
-        let (h, _) = self.attn2.forward(ctx, &n, Some(context), &h, false)?;
+        let (h, _) = self
+            .attn2
+            .forward(ctx, &n, Some(context), Some(&h), false)?;
         let n = self.norm3.forward(ctx, &h)?;
         let f = self.ff_proj.forward(ctx, &n, None)?;
         let f = activation::geglu(ctx, &f)?;
         Ok((self.ff_out.forward(ctx, &f, Some(&h))?, map))
     }
+
+    /// The block with ToMe: one merge plan from the block input; each chosen sub-layer runs
+    /// on the merged tokens, `x = u(layer(m(norm(x)))) + x`.
+    fn forward_tome(
+        &self,
+        ctx: &GpuContext,
+        h: &Tensor,
+        context: &Tensor,
+        site: &tome::BlockSite,
+        t: &TomeSettings,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let Some(plan) = tome::plan(ctx, h, site, t)? else {
+            return Ok((self.forward(ctx, h, context, false)?.0, None));
+        };
+        let n = self.norm1.forward(ctx, h)?;
+        let h = if t.merge_attn {
+            let m = tome::merge(ctx, &n, &plan)?;
+            let (a, _) = self.attn1.forward(ctx, &m, None, None, false)?;
+            tome::unmerge_add(ctx, &a, &plan, h)?
+        } else {
+            self.attn1.forward(ctx, &n, None, Some(h), false)?.0
+        };
+        let n = self.norm2.forward(ctx, &h)?;
+        let h = if t.merge_crossattn {
+            let m = tome::merge(ctx, &n, &plan)?;
+            let (a, _) = self.attn2.forward(ctx, &m, Some(context), None, false)?;
+            tome::unmerge_add(ctx, &a, &plan, &h)?
+        } else {
+            self.attn2
+                .forward(ctx, &n, Some(context), Some(&h), false)?
+                .0
+        };
+        let n = self.norm3.forward(ctx, &h)?;
+        let ff = |x: &Tensor, residual: Option<&Tensor>| -> Result<Tensor> {
+            let f = self.ff_proj.forward(ctx, x, None)?;
+            let f = activation::geglu(ctx, &f)?;
+            self.ff_out.forward(ctx, &f, residual)
+        };
+        let out = if t.merge_mlp {
+            let f = ff(&tome::merge(ctx, &n, &plan)?, None)?;
+            tome::unmerge_add(ctx, &f, &plan, &h)?
+        } else {
+            ff(&n, Some(&h))?
+        };
+        Ok((out, Some(plan.slot)))
+    }
 }
+
+/// A stack's output, its AT-EDM record when pruned, and ToMe's slots per merged block index.
+type StackOutput = (Tensor, Option<StackRecord>, Vec<(usize, Tensor)>);
 
 /// `Transformer2DModel` with linear projections.
 pub struct Transformer2DModel {
@@ -221,8 +273,8 @@ impl Transformer2DModel {
         ctx: &GpuContext,
         x: &Tensor,
         context: &Tensor,
-        prune: Option<&StackPrune>,
-    ) -> Result<(Tensor, Option<StackRecord>)> {
+        mode: Option<&StackMode>,
+    ) -> Result<StackOutput> {
         let s = x.shape();
         let (b, c, hw) = (s[0], s[1], s[2] * s[3]);
         let h = self.norm.forward(ctx, x, false)?;
@@ -230,7 +282,29 @@ impl Transformer2DModel {
         let mut h = self.proj_in.forward(ctx, &h, None)?;
         let mut record = None;
         let mut recover = None;
+        let mut merges = Vec::new();
+        let prune = match mode {
+            Some(StackMode::AtEdm(p)) => Some(p),
+            _ => None,
+        };
         for (i, block) in self.transformer_blocks.iter().enumerate() {
+            if let Some(StackMode::Tome {
+                settings,
+                first_block,
+                step,
+            }) = mode
+            {
+                let site = tome::BlockSite {
+                    h: s[2],
+                    w: s[3],
+                    block_id: first_block + i as u32,
+                    step: *step,
+                };
+                let (next, slot) = block.forward_tome(ctx, &h, context, &site, settings)?;
+                h = next;
+                merges.extend(slot.map(|s| (i, s)));
+                continue;
+            }
             let at_p = prune.is_some_and(|p| p.block == i);
             let (next, map) = block.forward(ctx, &h, context, at_p)?;
             h = next;
@@ -247,8 +321,20 @@ impl Transformer2DModel {
             h = gather::gather_rows(ctx, &h, r)?;
         }
         let h = layout::transpose_last2(ctx, &h)?.reshape(s)?;
-        Ok((elementwise::add(ctx, &h, x)?, record))
+        Ok((elementwise::add(ctx, &h, x)?, record, merges))
     }
+}
+
+/// What runs in one stack at this forward.
+#[derive(Clone, Copy, Debug)]
+pub enum StackMode {
+    AtEdm(StackPrune),
+    Tome {
+        settings: TomeSettings,
+        /// Index of the stack's first block among all transformer blocks (forward order).
+        first_block: u32,
+        step: u32,
+    },
 }
 
 /// How one stack is pruned at this forward.
@@ -267,6 +353,14 @@ pub struct StackPrune {
 pub struct StackRecord {
     pub kept: Tensor,
     pub scores: Tensor,
+}
+
+/// What one forward decided: AT-EDM's per pruned stack (diffusers module name) and ToMe's
+/// merged row of every token `[B, N]` (u32) per merged block (`<stack>.transformer_blocks.<i>`).
+#[derive(Default)]
+pub struct PruneRecords {
+    pub stacks: Vec<(String, StackRecord)>,
+    pub merges: Vec<(String, Tensor)>,
 }
 
 /// The pruning of one UNet forward: settings plus the step (for DSAP).
@@ -588,19 +682,26 @@ impl UNet2DConditionModel {
         Ok(self.forward_pruned(ctx, x, &PruneStep::none())?.0)
     }
 
-    /// The UNet forward with AT-EDM pruning; also returns, per pruned stack (diffusers module
-    /// name), its kept tokens and G-WPR scores.
+    /// The UNet forward with AT-EDM pruning or ToMe; also returns what they decided.
     pub fn forward_pruned(
         &self,
         ctx: &GpuContext,
         x: &UNetInputs,
         prune: &PruneStep,
-    ) -> Result<(Tensor, Vec<(String, StackRecord)>)> {
+    ) -> Result<(Tensor, PruneRecords)> {
         let b = self.check_inputs(x)?;
         let s = x.sample.shape();
         let plan = flops::stacks(&self.config, s[2], s[3]);
         let ps = &prune.settings;
-        if ps.mode != PruneMode::None {
+        if ps.mode == PruneMode::Tome {
+            ps.tome.validate()?;
+            if !plan.iter().any(|st| ps.prunable(st)) {
+                return Err(Error::Invalid(format!(
+                    "ToMe asked, but it selects no transformer stack of this model (max downsample {})",
+                    ps.tome.max_downsample
+                )));
+            }
+        } else if ps.mode != PruneMode::None {
             if !(ps.keep_ratio > 0.0 && ps.keep_ratio <= 1.0) {
                 return Err(Error::Invalid(format!(
                     "keep ratio must be in (0, 1], got {}",
@@ -618,22 +719,36 @@ impl UNet2DConditionModel {
             }
         }
         let mut stack_iter = plan.iter();
-        let mut records = Vec::new();
+        let mut records = PruneRecords::default();
+        let mut first_block = 0u32;
         let mut run_stack = |attn: &Transformer2DModel, h: &Tensor| -> Result<Tensor> {
             let st = stack_iter
                 .next()
                 .expect("the stack plan follows the forward order");
-            let sp = ps
+            let sm = ps
                 .pruned_at(st, prune.step, prune.steps)
-                .then(|| StackPrune {
-                    keep: flops::kept_tokens(st.tokens, ps.keep_ratio) as usize,
-                    iters: ps.gwpr_iters,
-                    block: ps.prune_block,
+                .then(|| match ps.mode {
+                    PruneMode::Tome => StackMode::Tome {
+                        settings: ps.tome,
+                        first_block,
+                        step: prune.step as u32,
+                    },
+                    _ => StackMode::AtEdm(StackPrune {
+                        keep: flops::kept_tokens(st.tokens, ps.keep_ratio) as usize,
+                        iters: ps.gwpr_iters,
+                        block: ps.prune_block,
+                    }),
                 });
-            let (out, rec) = attn.forward(ctx, h, x.encoder_hidden_states, sp.as_ref())?;
+            first_block += attn.transformer_blocks.len() as u32;
+            let (out, rec, merges) = attn.forward(ctx, h, x.encoder_hidden_states, sm.as_ref())?;
             if let Some(rec) = rec {
-                records.push((st.name.clone(), rec));
+                records.stacks.push((st.name.clone(), rec));
             }
+            records.merges.extend(
+                merges
+                    .into_iter()
+                    .map(|(i, slot)| (format!("{}.transformer_blocks.{i}", st.name), slot)),
+            );
             Ok(out)
         };
         let emb = self.embeddings(ctx, b, x)?;

@@ -38,6 +38,7 @@ pub fn shader_families() -> Vec<&'static ShaderFamily> {
         &norm::SHADER,
         &softmax::SHADER,
         &crate::prune::gwpr::SHADER,
+        &crate::prune::tome::SHADER,
     ]
 }
 

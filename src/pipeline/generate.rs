@@ -634,7 +634,7 @@ impl SdxlPipeline {
                 },
             )?;
             if req.record_masks {
-                recorded.extend(records.into_iter().map(|(name, r)| (i, name, r)));
+                recorded.extend(records.stacks.into_iter().map(|(name, r)| (i, name, r)));
             }
             let eps = if cfg {
                 guidance::guidance(ctx, &eps, req.guidance, req.guidance_rescale)?

@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::config::{DownKind, UNetConfig, UpKind};
+use crate::prune::tome::{grid_roles, merged_count, TomeSettings};
 
 /// Text context length (CLIP's 77 positions).
 const CONTEXT_LEN: u64 = 77;
@@ -20,6 +21,8 @@ pub enum PruneMode {
     AtEdm,
     /// AT-EDM without pruning at the second feature level (the paper's AT-EDM-dagger).
     AtEdmDagger,
+    /// The ToMe baseline (token merging in every block of the selected stacks, every step).
+    Tome,
 }
 
 /// AT-EDM parameters that change the FLOPs.
@@ -36,6 +39,8 @@ pub struct PruneSettings {
     /// the last stack of each up level unpruned.
     pub dsap: bool,
     pub tau: f64,
+    /// ToMe's options (mode [`PruneMode::Tome`]).
+    pub tome: TomeSettings,
 }
 
 impl Default for PruneSettings {
@@ -47,6 +52,7 @@ impl Default for PruneSettings {
             prune_block: 0,
             dsap: true,
             tau: 0.25,
+            tome: TomeSettings::default(),
         }
     }
 }
@@ -60,6 +66,8 @@ pub struct Stack {
     pub level: usize,
     pub channels: u64,
     pub tokens: u64,
+    /// Token grid (rows, columns).
+    pub grid: (usize, usize),
     pub depth: usize,
     /// Skipped by DSAP in early steps.
     pub dsap_protected: bool,
@@ -69,6 +77,7 @@ pub struct Stack {
 pub fn stacks(cfg: &UNetConfig, lh: usize, lw: usize) -> Vec<Stack> {
     let n = cfg.block_out_channels.len();
     let tokens = |level: usize| ((lh >> level) * (lw >> level)) as u64;
+    let grid = |level: usize| (lh >> level, lw >> level);
     let mut out = Vec::new();
     for i in 0..n {
         if cfg.down_blocks[i] == DownKind::CrossAttn {
@@ -78,6 +87,7 @@ pub fn stacks(cfg: &UNetConfig, lh: usize, lw: usize) -> Vec<Stack> {
                     level: i + 1,
                     channels: cfg.block_out_channels[i] as u64,
                     tokens: tokens(i),
+                    grid: grid(i),
                     depth: cfg.transformer_layers_per_block[i],
                     dsap_protected: j == 0,
                 });
@@ -89,6 +99,7 @@ pub fn stacks(cfg: &UNetConfig, lh: usize, lw: usize) -> Vec<Stack> {
         level: n,
         channels: cfg.block_out_channels[n - 1] as u64,
         tokens: tokens(n - 1),
+        grid: grid(n - 1),
         depth: cfg.transformer_layers_per_block[n - 1],
         dsap_protected: false,
     });
@@ -102,6 +113,7 @@ pub fn stacks(cfg: &UNetConfig, lh: usize, lw: usize) -> Vec<Stack> {
                     level: level + 1,
                     channels: cfg.block_out_channels[level] as u64,
                     tokens: tokens(level),
+                    grid: grid(level),
                     depth: cfg.reverse_transformer_layers_per_block[i],
                     dsap_protected: j + 1 == count,
                 });
@@ -119,12 +131,13 @@ impl PruneSettings {
             PruneMode::None => false,
             PruneMode::AtEdm => s.depth >= self.prune_block + 2,
             PruneMode::AtEdmDagger => s.depth >= self.prune_block + 2 && s.level != 2,
+            PruneMode::Tome => self.tome.selects_level(s.level),
         }
     }
 
     /// Number of early (DSAP) steps among `steps`.
     pub fn early_steps(&self, steps: usize) -> usize {
-        if self.dsap && self.mode != PruneMode::None {
+        if self.dsap && matches!(self.mode, PruneMode::AtEdm | PruneMode::AtEdmDagger) {
             ((self.tau * steps as f64).ceil() as usize).min(steps)
         } else {
             0
@@ -144,10 +157,39 @@ pub fn kept_tokens(n: u64, keep_ratio: f64) -> u64 {
 
 /// Multiply-adds of one `BasicTransformerBlock` on `n` tokens of width `c` (context `cc` wide).
 fn block_macs(n: u64, c: u64, cc: u64) -> u64 {
-    let self_attn = 4 * n * c * c + 2 * n * n * c;
-    let cross_attn = 2 * n * c * c + 2 * CONTEXT_LEN * cc * c + 2 * n * CONTEXT_LEN * c;
-    let ff = 12 * n * c * c;
+    block_macs_split(n, n, n, c, cc)
+}
+
+/// [`block_macs`] with the self-attention, cross-attention and feed-forward on `n1`, `n2`, `n3`
+/// tokens (ToMe merges around each separately).
+fn block_macs_split(n1: u64, n2: u64, n3: u64, c: u64, cc: u64) -> u64 {
+    let self_attn = 4 * n1 * c * c + 2 * n1 * n1 * c;
+    let cross_attn = 2 * n2 * c * c + 2 * CONTEXT_LEN * cc * c + 2 * n2 * CONTEXT_LEN * c;
+    let ff = 12 * n3 * c * c;
     self_attn + cross_attn + ff
+}
+
+/// A stack under ToMe: `(model, overhead)` MACs. The overhead is the cosine-similarity matrix
+/// of every block (sources x destinations x C).
+fn tome_stack_macs(s: &Stack, cc: u64, t: &TomeSettings) -> (u64, u64) {
+    let (n, c) = (s.tokens, s.channels);
+    let (h, w) = s.grid;
+    let r = merged_count(h, w, t.ratio) as u64;
+    let (ndst, nsrc) = grid_roles(h, w);
+    let m = n - r;
+    let pick = |on: bool| if on { m } else { n };
+    let block = block_macs_split(
+        pick(t.merge_attn),
+        pick(t.merge_crossattn),
+        pick(t.merge_mlp),
+        c,
+        cc,
+    );
+    let overhead = if r > 0 { (ndst * nsrc) as u64 * c } else { 0 };
+    (
+        2 * n * c * c + s.depth as u64 * block,
+        s.depth as u64 * overhead,
+    )
 }
 
 /// FLOPs of one forward at one step; `(model, overhead)`.
@@ -244,7 +286,9 @@ pub fn unet_flops(
     if steps == 0 {
         return Err(Error::Invalid("steps must be at least 1".into()));
     }
-    if !(prune.keep_ratio > 0.0 && prune.keep_ratio <= 1.0) {
+    if prune.mode == PruneMode::Tome {
+        prune.tome.validate()?;
+    } else if !(prune.keep_ratio > 0.0 && prune.keep_ratio <= 1.0) {
         return Err(Error::Invalid(format!(
             "keep ratio must be in (0, 1], got {}",
             prune.keep_ratio
@@ -254,18 +298,33 @@ pub fn unet_flops(
     let base = convolution_macs(cfg, lh, lw);
     let all = stacks(cfg, lh, lw);
     if prune.mode != PruneMode::None && !all.iter().any(|s| prune.prunable(s)) {
-        return Err(Error::Invalid(format!(
-            "no transformer stack of this model can be pruned at block {} (each needs a block after it)",
-            prune.prune_block
-        )));
+        return Err(Error::Invalid(if prune.mode == PruneMode::Tome {
+            format!(
+                "ToMe selects no transformer stack of this model (max downsample {})",
+                prune.tome.max_downsample
+            )
+        } else {
+            format!(
+                "no transformer stack of this model can be pruned at block {} (each needs a block after it)",
+                prune.prune_block
+            )
+        }));
     }
     let step = |early: bool| {
         let mut macs = base;
         let mut over = 0;
         for s in &all {
             let pruned = prune.prunable(s) && !(early && prune.dsap && s.dsap_protected);
-            let kept = pruned.then(|| kept_tokens(s.tokens, prune.keep_ratio));
-            let (m, o) = stack_macs(s, cc, kept, prune.prune_block, prune.gwpr_iters);
+            let (m, o) = if prune.mode == PruneMode::Tome {
+                if prune.prunable(s) {
+                    tome_stack_macs(s, cc, &prune.tome)
+                } else {
+                    stack_macs(s, cc, None, 0, 0)
+                }
+            } else {
+                let kept = pruned.then(|| kept_tokens(s.tokens, prune.keep_ratio));
+                stack_macs(s, cc, kept, prune.prune_block, prune.gwpr_iters)
+            };
             macs += m;
             over += o;
         }
@@ -332,16 +391,23 @@ pub fn keep_ratio_for_budget(
             if prune.dsap { "; DSAP keeps early steps denser: try --dsap off" } else { "" }
         )));
     }
+    // FLOPs grow with the keep ratio: the largest ratio at or under the budget.
+    Ok(bisect(|r| Ok(at(r)? > budget))?.0)
+}
+
+/// Bisection on (0, 1) for the switch point of a monotone predicate that is false at 0 and true
+/// at 1; returns `(last false, first true)` to 2^-60.
+fn bisect(mut pred: impl FnMut(f64) -> Result<bool>) -> Result<(f64, f64)> {
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
     for _ in 0..60 {
         let mid = 0.5 * (lo + hi);
-        if at(mid)? > budget {
+        if pred(mid)? {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    Ok(lo)
+    Ok((lo, hi))
 }
 
 /// The paper's named budgets (TFLOPs per step at 1024 px): a 2.9, b 3.6, c 4.1, d 4.5.
@@ -353,6 +419,86 @@ pub fn named_budget(name: &str) -> Option<f64> {
         "d" => Some(4.5),
         _ => None,
     }
+}
+
+/// [`named_budget`] for a mode: the paper ran ToMe's setting d at 4.6 TFLOPs, AT-EDM's at 4.5.
+pub fn named_budget_for(mode: PruneMode, name: &str) -> Option<f64> {
+    match (mode, name) {
+        (PruneMode::Tome, "d") => Some(4.6),
+        _ => named_budget(name),
+    }
+}
+
+/// The layer sets ToMe tries, in order, when solving a budget without a fixed choice: tomesd's
+/// default (self-attention only), then with the feed-forward, then everything.
+pub const TOME_ESCALATION: [(bool, bool, bool); 3] = [
+    (true, false, false),
+    (true, false, true),
+    (true, true, true),
+];
+
+/// ToMe settings that meet `budget` (average model FLOPs per step): the smallest merge ratio
+/// (bisection; `r` is a floor, so FLOPs fall in steps) with the layers of `prune.tome`, or, when
+/// `escalate`, with the first of [`TOME_ESCALATION`] that can reach the budget.
+pub fn tome_for_budget(
+    cfg: &UNetConfig,
+    lh: usize,
+    lw: usize,
+    steps: usize,
+    prune: &PruneSettings,
+    budget: f64,
+    escalate: bool,
+) -> Result<TomeSettings> {
+    let at = |t: TomeSettings| {
+        unet_flops(
+            cfg,
+            lh,
+            lw,
+            steps,
+            &PruneSettings {
+                mode: PruneMode::Tome,
+                tome: t,
+                ..*prune
+            },
+        )
+        .map(|f| f.model)
+    };
+    let sets: Vec<(bool, bool, bool)> = if escalate {
+        TOME_ESCALATION.to_vec()
+    } else {
+        let t = prune.tome;
+        vec![(t.merge_attn, t.merge_crossattn, t.merge_mlp)]
+    };
+    let mut floor = f64::INFINITY;
+    for (a, x, m) in sets {
+        let base = TomeSettings {
+            merge_attn: a,
+            merge_crossattn: x,
+            merge_mlp: m,
+            ..prune.tome
+        };
+        let with = |ratio: f64| TomeSettings { ratio, ..base };
+        let lowest = at(with(1.0))?;
+        floor = floor.min(lowest);
+        if lowest > budget {
+            continue;
+        }
+        if at(with(1e-9))? <= budget {
+            return Ok(with(1e-9));
+        }
+        // FLOPs fall as the merge ratio grows: the smallest ratio at or under the budget.
+        return Ok(with(bisect(|r| Ok(at(with(r))? <= budget))?.1));
+    }
+    Err(Error::Invalid(format!(
+        "a budget of {:.3} TFLOPs is below what ToMe can reach ({:.3} TFLOPs merging the most{})",
+        budget / 1e12,
+        floor / 1e12,
+        if escalate {
+            " around self-attention, cross-attention and feed-forward"
+        } else {
+            " with these layers; leave out --tome-merge to let the budget choose them"
+        }
+    )))
 }
 
 #[cfg(test)]
@@ -472,5 +618,107 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no transformer stack"), "{e}");
+    }
+
+    fn tome(ratio: f64, attn2: bool, mlp: bool) -> PruneSettings {
+        PruneSettings {
+            mode: PruneMode::Tome,
+            tome: TomeSettings {
+                ratio,
+                merge_crossattn: attn2,
+                merge_mlp: mlp,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tome_flops_follow_the_merged_token_counts() {
+        // SD-XL at 1024 px: 60 blocks at level 3 (N 1024 = 32x32, C 1280; 256 destinations,
+        // 768 sources) and 10 at level 2 (N 4096, C 640; 1024 / 3072). Ratio 0.75 merges all
+        // sources, so attn1 runs on N/4 tokens: 4 N C^2 + 2 N^2 C multiply-adds per block.
+        let full = unet_flops(&sdxl(), 128, 128, 50, &PruneSettings::default())
+            .unwrap()
+            .model;
+        let f = unet_flops(&sdxl(), 128, 128, 50, &tome(0.75, false, false)).unwrap();
+        let attn1 = |n: f64, c: f64| 2.0 * (4.0 * n * c * c + 2.0 * n * n * c);
+        let saved = 60.0 * (attn1(1024.0, 1280.0) - attn1(256.0, 1280.0))
+            + 10.0 * (attn1(4096.0, 640.0) - attn1(1024.0, 640.0));
+        assert!(
+            (full - f.model - saved).abs() < 1e3,
+            "{} vs {saved}",
+            full - f.model
+        );
+        // Overhead: one similarity matrix per block, sources x destinations x C.
+        let over = 2.0 * (60.0 * 768.0 * 256.0 * 1280.0 + 10.0 * 3072.0 * 1024.0 * 640.0);
+        assert!((f.overhead - over).abs() < 1e3, "{} vs {over}", f.overhead);
+        // No DSAP for ToMe: every step the same.
+        assert_eq!((f.early_steps, f.early, f.late), (0, f.model, f.model));
+        // The feed-forward on N' tokens: 12 N C^2 per block.
+        let g = unet_flops(&sdxl(), 128, 128, 50, &tome(0.75, false, true)).unwrap();
+        let ff = |n: f64, c: f64| 2.0 * 12.0 * n * c * c;
+        let saved_ff = 60.0 * (ff(1024.0, 1280.0) - ff(256.0, 1280.0))
+            + 10.0 * (ff(4096.0, 640.0) - ff(1024.0, 640.0));
+        assert!((f.model - g.model - saved_ff).abs() < 1e3);
+        // A ratio that merges nothing costs the full model and no overhead.
+        let z = unet_flops(&sdxl(), 128, 128, 50, &tome(1e-6, true, true)).unwrap();
+        assert_eq!((z.model, z.overhead), (full, 0.0));
+    }
+
+    #[test]
+    fn tome_budgets_meet_the_named_settings() {
+        // ToMe's d is 4.6T (the paper's table); each solution is the smallest merge ratio at
+        // or under the budget, with the fewest layers that can reach it.
+        assert_eq!(named_budget_for(PruneMode::Tome, "d"), Some(4.6));
+        assert_eq!(named_budget_for(PruneMode::AtEdm, "d"), Some(4.5));
+        for name in ["a", "b", "c", "d"] {
+            let b = named_budget_for(PruneMode::Tome, name).unwrap() * 1e12;
+            let t =
+                tome_for_budget(&sdxl(), 128, 128, 50, &tome(0.5, false, false), b, true).unwrap();
+            let at = |ratio| {
+                unet_flops(
+                    &sdxl(),
+                    128,
+                    128,
+                    50,
+                    &PruneSettings {
+                        tome: TomeSettings { ratio, ..t },
+                        ..tome(0.5, false, false)
+                    },
+                )
+                .unwrap()
+                .model
+            };
+            assert!(
+                at(t.ratio) <= b && at(t.ratio) > b - 0.02e12,
+                "{name}: {}",
+                at(t.ratio)
+            );
+            // One merged token fewer per block would exceed the budget.
+            assert!(
+                at(t.ratio - 1.0 / 4096.0) > b,
+                "{name}: not the smallest ratio"
+            );
+            // attn1 alone cannot reach any of them (5.35T at most); a needs every layer.
+            assert!(t.merge_attn && t.merge_mlp);
+            assert_eq!(t.merge_crossattn, name == "a", "{name}");
+        }
+        let e = tome_for_budget(
+            &sdxl(),
+            128,
+            128,
+            50,
+            &tome(0.5, false, false),
+            4.1e12,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("below what ToMe can reach"), "{e}");
+        let e = tome_for_budget(&sdxl(), 128, 128, 50, &tome(0.5, true, true), 2.0e12, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("below"), "{e}");
     }
 }

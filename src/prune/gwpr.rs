@@ -87,17 +87,9 @@ pub fn top_k(ctx: &GpuContext, scores: &Tensor, k: usize) -> Result<Tensor> {
         return Err(Error::Invalid(format!("top_k: k = {k} outside 1..={n}")));
     }
     let p = params(OP, b, n, k)?;
-    let flags = Tensor::empty(ctx, &[b, n], DType::U32)?;
+    let flags = top_k_flags(ctx, scores, k)?;
     let idx = Tensor::empty(ctx, &[b, k], DType::U32)?;
     let grid = ctx.grid((b * n).div_ceil(64) as u64);
-    ctx.dispatch(
-        OP,
-        &TOPK_FLAGS,
-        DType::F32,
-        bytemuck::bytes_of(&p),
-        &[("scores", scores), ("flags", &flags)],
-        grid,
-    )?;
     ctx.dispatch(
         OP,
         &TOPK_COMPACT,
@@ -107,6 +99,24 @@ pub fn top_k(ctx: &GpuContext, scores: &Tensor, k: usize) -> Result<Tensor> {
         grid,
     )?;
     Ok(idx)
+}
+
+/// Flags `[B, N]` (u32, 1 = among the `k` highest of `scores [B, N]` f32, ties to the lower
+/// index); the first pass of [`top_k`]. Shapes are the caller's to check.
+pub(crate) fn top_k_flags(ctx: &GpuContext, scores: &Tensor, k: usize) -> Result<Tensor> {
+    const OP: &str = "top_k";
+    let (b, n) = (scores.shape()[0], scores.shape()[1]);
+    let p = params(OP, b, n, k)?;
+    let flags = Tensor::empty(ctx, &[b, n], DType::U32)?;
+    ctx.dispatch(
+        OP,
+        &TOPK_FLAGS,
+        DType::F32,
+        bytemuck::bytes_of(&p),
+        &[("scores", scores), ("flags", &flags)],
+        ctx.grid((b * n).div_ceil(64) as u64),
+    )?;
+    Ok(flags)
 }
 
 /// For every token `i` of `map [B, N, N]`, the position in `kept [B, k]` (ascending) of the

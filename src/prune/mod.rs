@@ -1,4 +1,5 @@
-//! AT-EDM token pruning: the FLOPs model (more to come: G-WPR, masks, recovery, DSAP, ToMe).
+//! AT-EDM token pruning (FLOPs model, G-WPR, masks, recovery, DSAP) and the ToMe baseline.
 
 pub mod flops;
 pub mod gwpr;
+pub mod tome;

@@ -1,6 +1,8 @@
 //! Shared test helpers: one GPU context per test binary, random data, tolerance checks.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use atedm::gpu::{ContextOptions, GpuContext};
@@ -162,4 +164,20 @@ pub fn pipeline_request(
         record_masks: false,
     };
     (req, refs, meta)
+}
+
+/// A path under the crate root.
+pub fn root(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// Integer tensors (masks, slots) of a safetensors file.
+pub fn read_i64(path: &Path) -> HashMap<String, Vec<i64>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::I64)
+        .map(|(n, v)| (n, bytemuck::pod_collect_to_vec(v.data())))
+        .collect()
 }
