@@ -36,17 +36,6 @@ fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * 64u + lid;
 }
 
-// 32-bit integer hash (lowbias32).
-fn mix32(v: u32) -> u32 {
-    var x = v;
-    x = x ^ (x >> 16u);
-    x = x * 0x7feb352du;
-    x = x ^ (x >> 15u);
-    x = x * 0x846ca68bu;
-    x = x ^ (x >> 16u);
-    return x;
-}
-
 // Token index of the destination of window (wy, wx).
 fn dst_token(wy: u32, wx: u32) -> u32 {
     let ws = tp.w / 2u;

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::error::Result;
 use crate::gpu::{ContextOptions, GpuContext};
 
+pub mod bench;
 pub mod bench_ops;
 pub mod flops;
 pub mod generate;
@@ -52,6 +53,8 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// UNet step latency: full, AT-EDM and ToMe side by side (synthetic SD-XL weights by default).
+    Bench(bench::BenchArgs),
     /// Kernel throughput report (GFLOP/s of matmul, conv and attention) on the current adapter.
     BenchOps(bench_ops::BenchOpsArgs),
     /// The FLOPs model: per-step TFLOPs, pruning overhead, keep ratio for a budget.
@@ -79,6 +82,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", ctx.describe());
             Ok(())
         }
+        Command::Bench(args) => bench::run(&cli.gpu.context()?, &args).map(|_| ()),
         Command::BenchOps(args) => bench_ops::run(&cli.gpu.context()?, &args),
         Command::Flops(args) => flops::run(&args),
         Command::Generate(args) => generate::run(&cli.gpu.context()?, &args),

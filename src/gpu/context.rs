@@ -8,6 +8,7 @@ use wgpu::util::DeviceExt;
 
 use super::kernel::Kernel;
 use super::pool::{size_class, BufferPool, PoolStats};
+use super::profile::{self, DispatchTime, ProfState, Profile, TimingSource};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -103,6 +104,24 @@ pub struct GpuContext {
     lost: Arc<Mutex<Option<String>>>,
     /// In planning mode, the one small buffer every "allocation" shares.
     plan_buffer: Option<wgpu::Buffer>,
+    /// Per-dispatch timing while a profile is being recorded.
+    profiler: Mutex<Option<ProfState>>,
+}
+
+/// Restores the previous profiling scope when dropped (see [`GpuContext::profile_scope`]).
+pub struct ProfileScope<'a> {
+    ctx: &'a GpuContext,
+    previous: Option<&'static str>,
+}
+
+impl Drop for ProfileScope<'_> {
+    fn drop(&mut self) {
+        if let Some(st) = self.ctx.profiler.lock().unwrap().as_mut() {
+            if st.owner == std::thread::current().id() {
+                st.scope = self.previous;
+            }
+        }
+    }
 }
 
 fn parse_backend(name: &str) -> Result<wgpu::Backends> {
@@ -238,7 +257,118 @@ impl GpuContext {
             pending: Mutex::default(),
             errors,
             lost,
+            profiler: Mutex::default(),
         })
+    }
+
+    // ---------------------------------------------------------------- profiling
+
+    /// Starts timing every dispatch (GPU timestamps when the adapter has them, else CPU wall
+    /// time per dispatch, which submits each one alone). Waits for earlier work first.
+    pub fn profile_begin(&self) -> Result<()> {
+        self.wait()?;
+        let source = if self.supports_timestamps() {
+            TimingSource::GpuTimestamps
+        } else {
+            TimingSource::CpuWait
+        };
+        let mut prof = self.profiler.lock().unwrap();
+        if prof.is_some() {
+            return Err(Error::Invalid(
+                "a profile is already being recorded on this context".into(),
+            ));
+        }
+        *prof = Some(ProfState::new(source));
+        Ok(())
+    }
+
+    /// Ends the profile: waits for the GPU, reads the timestamps and returns the dispatch times.
+    pub fn profile_end(&self) -> Result<Profile> {
+        self.wait()?;
+        let st = {
+            let mut prof = self.profiler.lock().unwrap();
+            match prof.as_ref() {
+                Some(st) if st.owner == std::thread::current().id() => prof.take(),
+                _ => None,
+            }
+        };
+        let Some(st) = st else {
+            return Err(Error::Invalid(
+                "profile_end without profile_begin on this thread".into(),
+            ));
+        };
+        let mut ticks: Vec<Vec<u64>> = Vec::with_capacity(st.sets.len());
+        for (i, set) in st.sets.iter().enumerate() {
+            let count = if i + 1 == st.sets.len() {
+                st.used
+            } else {
+                profile::QUERIES_PER_SET
+            };
+            let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile resolve"),
+                size: count as u64 * 8,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            self.with_encoder(|enc| enc.resolve_query_set(set, 0..count, &buf, 0));
+            let bytes = self.read(&buf, count as u64 * 8)?;
+            ticks.push(bytemuck::pod_collect_to_vec(&bytes));
+        }
+        let period_s = self.queue.get_timestamp_period() as f64 * 1e-9;
+        let dispatches = st
+            .records
+            .into_iter()
+            .map(|r| DispatchTime {
+                op: r.op,
+                entry: r.entry,
+                scope: r.scope,
+                flops: r.flops,
+                seconds: match r.query {
+                    Some((set, q)) => {
+                        let t = &ticks[set];
+                        t[q as usize + 1].saturating_sub(t[q as usize]) as f64 * period_s
+                    }
+                    None => r.seconds,
+                },
+            })
+            .collect();
+        Ok(Profile {
+            source: st.source,
+            dispatches,
+        })
+    }
+
+    /// Whether this thread is recording a profile.
+    pub fn is_profiling(&self) -> bool {
+        self.profiler
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|st| st.owner == std::thread::current().id())
+    }
+
+    /// Tags the dispatches recorded until the guard drops with `scope` (when profiling).
+    pub fn profile_scope(&self, scope: &'static str) -> ProfileScope<'_> {
+        let previous = self
+            .profiler
+            .lock()
+            .unwrap()
+            .as_mut()
+            .filter(|st| st.owner == std::thread::current().id())
+            .and_then(|st| st.scope.replace(scope));
+        ProfileScope {
+            ctx: self,
+            previous,
+        }
+    }
+
+    /// The FLOPs of the next dispatch (ops that count them call this just before dispatching).
+    pub(crate) fn note_flops(&self, flops: f64) {
+        if let Some(st) = self.profiler.lock().unwrap().as_mut() {
+            if st.owner == std::thread::current().id() {
+                st.next_flops = Some(flops);
+            }
+        }
     }
 
     /// The adapter's description.
@@ -750,18 +880,52 @@ impl GpuContext {
                 kernel.entry
             )));
         }
+        let mut prof_guard = self.profiler.lock().unwrap();
+        let mut prof = prof_guard
+            .as_mut()
+            .filter(|st| st.owner == std::thread::current().id());
+        let query = prof.as_mut().and_then(|st| {
+            (st.source == TimingSource::GpuTimestamps).then(|| st.next_queries(&self.device))
+        });
         let mut p = self.pending.lock().unwrap();
         {
             let enc = Self::encoder(&self.device, &mut p);
+            let timestamp_writes = query.map(|(set, q)| wgpu::ComputePassTimestampWrites {
+                query_set: &prof.as_ref().expect("profiling").sets[set],
+                beginning_of_pass_write_index: Some(q),
+                end_of_pass_write_index: Some(q + 1),
+            });
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(kernel.entry),
-                timestamp_writes: None,
+                timestamp_writes,
             });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         }
         p.dispatches += 1;
+        if let Some(st) = prof.as_mut() {
+            let mut seconds = 0.0;
+            if st.source == TimingSource::CpuWait {
+                let t0 = std::time::Instant::now();
+                self.submit_locked(&mut p)?;
+                self.device
+                    .poll(wgpu::PollType::Wait {
+                        submission_index: None,
+                        timeout: None,
+                    })
+                    .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                seconds = t0.elapsed().as_secs_f64();
+            }
+            st.records.push(profile::Pending {
+                op,
+                entry: kernel.entry,
+                scope: st.scope,
+                flops: st.next_flops.take(),
+                query,
+                seconds,
+            });
+        }
         if p.dispatches >= MAX_PENDING_DISPATCHES {
             self.submit_locked(&mut p)?;
         }

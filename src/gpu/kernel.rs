@@ -3,8 +3,15 @@
 //! Every shader file in `shaders/` is written once against the storage alias `ST`; the engine
 //! prepends `alias ST = f32;` or `enable f16; alias ST = f16;` to get the f32 and f16 variants.
 //! Kernels load `ST`, compute in f32 and store `ST(...)`: f16 storage, f32 accumulation.
+//! `shaders/include/common.wgsl` (shared helper functions) follows the header in every family.
 
 use crate::tensor::DType;
+
+/// Helpers every family may use (`shaders/include/common.wgsl`), prepended after the header.
+const COMMON: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/shaders/include/common.wgsl"
+));
 
 /// One WGSL file (a kernel family).
 #[derive(Debug)]
@@ -29,7 +36,7 @@ impl ShaderFamily {
             DType::F16 => "enable f16;\nalias ST = f16;\n",
             DType::F32 | DType::U32 => "alias ST = f32;\n",
         };
-        format!("{header}{}", self.source)
+        format!("{header}{COMMON}{}", self.source)
     }
 
     /// Declares a kernel of this family.

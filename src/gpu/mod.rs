@@ -8,8 +8,10 @@
 mod context;
 mod kernel;
 mod pool;
+mod profile;
 
-pub use context::{AdapterSummary, ContextOptions, GpuContext};
+pub use context::{AdapterSummary, ContextOptions, GpuContext, ProfileScope};
 pub use kernel::{Kernel, ShaderFamily};
 pub(crate) use pool::BufferPool;
 pub use pool::PoolStats;
+pub use profile::{CategoryTime, DispatchTime, Profile, TimingSource};

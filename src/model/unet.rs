@@ -309,6 +309,7 @@ impl Transformer2DModel {
             let (next, map) = block.forward(ctx, &h, context, at_p)?;
             h = next;
             if let (Some(p), Some(map)) = (prune, map) {
+                let _scope = ctx.profile_scope("atedm");
                 let scores = gwpr::gwpr(ctx, &map, p.iters)?;
                 let kept = gwpr::top_k(ctx, &scores, p.keep)?;
                 recover = Some(gwpr::recover_index(ctx, &map, &kept)?);
@@ -318,6 +319,7 @@ impl Transformer2DModel {
         }
         let mut h = self.proj_out.forward(ctx, &h, None)?;
         if let Some(r) = &recover {
+            let _scope = ctx.profile_scope("atedm");
             h = gather::gather_rows(ctx, &h, r)?;
         }
         let h = layout::transpose_last2(ctx, &h)?.reshape(s)?;
@@ -575,6 +577,15 @@ impl UNet2DConditionModel {
             ));
         }
         let mut l = WeightLoader::plan(ctx, dtype);
+        let model = Self::build(cfg, &mut l);
+        l.finish()?;
+        Ok(model)
+    }
+
+    /// The model with synthetic weights generated on the GPU (see
+    /// [`WeightLoader::synthetic`]): the real shapes of `cfg` without a checkpoint.
+    pub fn synthetic(ctx: &GpuContext, cfg: &UNetConfig, dtype: DType, seed: u32) -> Result<Self> {
+        let mut l = WeightLoader::synthetic(ctx, dtype, seed);
         let model = Self::build(cfg, &mut l);
         l.finish()?;
         Ok(model)

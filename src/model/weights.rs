@@ -393,6 +393,8 @@ pub struct WeightLoader<'a> {
     wrong_shape: Vec<String>,
     failed: Option<Error>,
     placeholder: Option<Tensor>,
+    /// Synthetic mode: weights are generated on the GPU from this seed.
+    synthetic: Option<u32>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -409,6 +411,32 @@ impl<'a> WeightLoader<'a> {
         Self::with_store(ctx, None, dtype)
     }
 
+    /// Synthetic mode: every weight is generated on the GPU (nothing read or uploaded), random
+    /// with the variance of a standard initialisation so activations stay in range: matrices
+    /// and kernels uniform with variance 1/fan_in, biases small, norm scales 1. For benchmarks
+    /// of the real shapes without a checkpoint.
+    pub fn synthetic(ctx: &'a GpuContext, dtype: DType, seed: u32) -> Self {
+        WeightLoader {
+            synthetic: Some(seed),
+            ..Self::with_store(ctx, None, dtype)
+        }
+    }
+
+    fn synthetic_weight(&self, seed: u32, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let key = name
+            .bytes()
+            .fold(seed, |h, b| crate::prune::tome::mix32(h ^ b as u32));
+        let (offset, scale) = if shape.len() >= 2 {
+            let fan_in: usize = shape[1..].iter().product();
+            (0.0, (3.0 / fan_in.max(1) as f32).sqrt())
+        } else if name.ends_with("bias") {
+            (0.0, 0.02)
+        } else {
+            (1.0, 0.0)
+        };
+        crate::ops::fill::fill_uniform(self.ctx, shape, self.dtype, key, offset, scale)
+    }
+
     fn with_store(ctx: &'a GpuContext, store: Option<&'a WeightStore>, dtype: DType) -> Self {
         WeightLoader {
             ctx,
@@ -420,6 +448,7 @@ impl<'a> WeightLoader<'a> {
             wrong_shape: Vec::new(),
             failed: None,
             placeholder: None,
+            synthetic: None,
         }
     }
 
@@ -462,6 +491,18 @@ impl<'a> WeightLoader<'a> {
     pub fn get(&mut self, name: &str, shape: &[usize]) -> Tensor {
         self.requested.push((name.to_string(), shape.to_vec()));
         let Some(store) = self.store else {
+            if let Some(seed) = self.synthetic {
+                if self.failed.is_some() {
+                    return self.placeholder(shape);
+                }
+                return match self.synthetic_weight(seed, name, shape) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.failed = Some(e);
+                        self.placeholder(shape)
+                    }
+                };
+            }
             if self.ctx.is_plan_only() {
                 // A planning context counts the weights' bytes without allocating them.
                 return match Tensor::empty(self.ctx, shape, self.dtype) {

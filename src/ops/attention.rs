@@ -80,6 +80,13 @@ struct Dims {
     dtype: DType,
 }
 
+impl Dims {
+    /// FLOPs of Q K^T and P V over all heads.
+    fn flops(&self) -> f64 {
+        4.0 * (self.batch * self.nq * self.nk) as f64 * self.width as f64
+    }
+}
+
 const OP: &str = "attention";
 
 fn check(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Dims> {
@@ -176,6 +183,7 @@ pub fn attention(
     let p = params(&d, opts, TQ, 0)?;
     let out = Tensor::empty(ctx, q.shape(), d.dtype)?;
     let groups = (d.batch * opts.heads * d.nq.div_ceil(TQ)) as u64;
+    ctx.note_flops(d.flops());
     ctx.dispatch(
         OP,
         &FLASH,
@@ -206,6 +214,7 @@ pub fn attention_with_map(
     let lse = Tensor::empty(ctx, &[d.batch, opts.heads, d.nq], DType::F32)?;
     let p = params(&d, opts, TQ, 0)?;
     let groups = (d.batch * opts.heads * d.nq.div_ceil(TQ)) as u64;
+    ctx.note_flops(d.flops());
     ctx.dispatch(
         OP,
         &FLASH_LSE,
@@ -218,6 +227,8 @@ pub fn attention_with_map(
     let k_tiles = d.nk.div_ceil(MT);
     let p = params(&d, opts, MT, k_tiles)?;
     let groups = (d.batch * d.nq.div_ceil(MT) * k_tiles) as u64;
+    // The map pass recomputes Q K^T over all heads.
+    ctx.note_flops(d.flops() / 2.0);
     ctx.dispatch(
         OP,
         &MAP,

@@ -157,6 +157,7 @@ pub fn conv2d(
     };
     // Unused epilogue bindings get `x` as a placeholder (never read: the flags are off).
     let workgroups = (ws[0].div_ceil(TILE) * tiles_n) as u64;
+    ctx.note_flops(2.0 * (ws[0] * ndim) as f64 * kdim as f64);
     ctx.dispatch(
         OP,
         &CONV2D,

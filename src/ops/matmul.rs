@@ -241,6 +241,7 @@ pub fn matmul(ctx: &GpuContext, a: &Tensor, b: &Tensor, opts: &MatmulOptions) ->
     };
     // Unused epilogue bindings get `a` as a placeholder (never read: the flags are off).
     let workgroups = (pl.batch * m.div_ceil(tile) * tiles_n) as u64;
+    ctx.note_flops(2.0 * (pl.batch * m * n) as f64 * pl.a.cols as f64);
     ctx.dispatch(
         OP,
         kernel,

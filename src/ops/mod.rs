@@ -16,6 +16,7 @@ pub mod attention;
 pub mod conv2d;
 pub mod elementwise;
 pub mod embedding;
+pub mod fill;
 pub mod gather;
 pub mod guidance;
 pub mod layout;
@@ -31,6 +32,7 @@ pub fn shader_families() -> Vec<&'static ShaderFamily> {
         &conv2d::SHADER,
         &elementwise::SHADER,
         &embedding::SHADER,
+        &fill::SHADER,
         &gather::SHADER,
         &guidance::SHADER,
         &layout::SHADER,

@@ -213,6 +213,7 @@ pub fn plan(
     s: &TomeSettings,
 ) -> Result<Option<MergePlan>> {
     const OP: &str = "tome_plan";
+    let _scope = ctx.profile_scope("tome");
     let dtype = float_dtype(OP, &[("x", x)])?;
     let sh = x.shape();
     if sh.len() != 3 || sh[1] != site.h * site.w {
@@ -326,6 +327,7 @@ fn check_rows(op: &'static str, name: &str, t: &Tensor, b: u32, rows: u32, c: u3
 /// `m(y)`: `y [B, N, C]` -> `[B, N - r, C]`, every merged row the mean of its tokens.
 pub fn merge(ctx: &GpuContext, y: &Tensor, plan: &MergePlan) -> Result<Tensor> {
     const OP: &str = "tome_merge";
+    let _scope = ctx.profile_scope("tome");
     let dtype = float_dtype(OP, &[("y", y)])?;
     let mut p = plan.params;
     p.c = dim32(OP, y.shape().last().copied().unwrap_or(0))?;
@@ -355,6 +357,7 @@ pub fn unmerge_add(
     residual: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "tome_unmerge_add";
+    let _scope = ctx.profile_scope("tome");
     let dtype = float_dtype(OP, &[("z", z), ("residual", residual)])?;
     let mut p = plan.params;
     p.c = dim32(OP, z.shape().last().copied().unwrap_or(0))?;

@@ -1,0 +1,188 @@
+//! `atedm bench` on a tiny synthetic model (the figures are not asserted: speed is measured by
+//! the bench, never in tests), the GPU profiler, and the synthetic-weight fill.
+mod common;
+
+use atedm::cli::bench::{run, BenchArgs, Variant};
+use atedm::cli::flops::{PruneArg, PruneArgs};
+use atedm::ops::fill;
+use atedm::ops::matmul::{self, MatmulOptions};
+use atedm::DType;
+use common::*;
+
+/// One profile per context at a time: the tests that profile take turns.
+static PROFILING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn profiling() -> std::sync::MutexGuard<'static, ()> {
+    PROFILING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn args(json: Option<std::path::PathBuf>) -> BenchArgs {
+    BenchArgs {
+        model: None,
+        config: None,
+        synthetic: Some(
+            root("tests/fixtures/unet/tiny-a/unet/config.json")
+                .display()
+                .to_string(),
+        ),
+        width: Some(64),
+        height: Some(64),
+        batch: 2,
+        steps: 50,
+        reps: 1,
+        dtype: Some(DType::F32),
+        variants: vec![Variant::Full, Variant::Atedm, Variant::Tome],
+        profile: true,
+        json,
+        prune: PruneArgs::default(),
+    }
+}
+
+#[test]
+fn bench_runs_full_atedm_and_tome_at_equal_flops() {
+    let _turn = profiling();
+    let json = std::env::temp_dir().join(format!("atedm-bench-{}.json", std::process::id()));
+    let results = run(ctx(), &args(Some(json.clone()))).unwrap();
+    let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["full", "AT-EDM", "ToMe"]);
+    let (full, atedm, tome) = (&results[0], &results[1], &results[2]);
+    assert_eq!((full.flops_ratio, full.speedup), (1.0, 1.0));
+    assert!(
+        full.overhead_share.abs() < 1e-12,
+        "full has no pruning overhead"
+    );
+    // AT-EDM at the 4.1T setting's keep ratio (0.319 with DSAP); ToMe solved to AT-EDM's FLOPs:
+    // at or below them, within one merge step.
+    assert!(
+        atedm.settings.contains("keep ratio 0.3190"),
+        "{}",
+        atedm.settings
+    );
+    assert!(atedm.flops_ratio > 1.0);
+    assert!(tome.tflops_per_step <= atedm.tflops_per_step * (1.0 + 1e-12));
+    assert!(
+        tome.tflops_per_step > atedm.tflops_per_step * 0.95,
+        "{tome:?} vs {atedm:?}"
+    );
+    for r in &results {
+        assert!(r.median_ms > 0.0 && r.min_ms <= r.median_ms && r.median_ms <= r.max_ms);
+        assert!(r.overhead_share >= 0.0 && r.overhead_share < 1.0);
+    }
+    assert!(atedm.overhead_share > 0.0 && tome.overhead_share > 0.0);
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["variants"].as_array().unwrap().len(), 3);
+    assert!(doc["peak_bytes"].as_u64().unwrap() > 0);
+    std::fs::remove_file(&json).unwrap();
+}
+
+#[test]
+fn bench_pruning_flags_override_the_variants() {
+    let _turn = profiling();
+    let a = BenchArgs {
+        variants: vec![Variant::Atedm, Variant::Tome],
+        profile: false,
+        prune: PruneArgs {
+            prune: PruneArg::AtedmDagger,
+            keep_ratio: Some(0.5),
+            merge_ratio: Some(0.25),
+            ..Default::default()
+        },
+        ..args(None)
+    };
+    let r = run(ctx(), &a).unwrap();
+    assert_eq!(r[0].name, "AT-EDM-dagger");
+    assert!(
+        r[0].settings.contains("keep ratio 0.5000"),
+        "{}",
+        r[0].settings
+    );
+    assert!(
+        r[1].settings.contains("merge ratio 0.2500"),
+        "{}",
+        r[1].settings
+    );
+    // No full variant: speedups are undefined.
+    assert!(r[0].speedup.is_nan());
+    let bad = BenchArgs {
+        width: Some(100),
+        ..args(None)
+    };
+    assert!(run(ctx(), &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("multiple of"));
+    let bad = BenchArgs {
+        synthetic: Some("nonexistent.json".into()),
+        ..args(None)
+    };
+    assert!(run(ctx(), &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("nonexistent.json"));
+}
+
+#[test]
+fn profiler_times_every_dispatch_with_flops_and_scopes() {
+    let _turn = profiling();
+    let c = ctx();
+    let a = fill::fill_uniform(c, &[64, 48], DType::F32, 1, 0.0, 1.0).unwrap();
+    let b = fill::fill_uniform(c, &[48, 32], DType::F32, 2, 0.0, 1.0).unwrap();
+    c.profile_begin().unwrap();
+    let _x = matmul::matmul(c, &a, &b, &MatmulOptions::default()).unwrap();
+    {
+        let _s = c.profile_scope("atedm");
+        let _y = matmul::matmul(c, &a, &b, &MatmulOptions::default()).unwrap();
+    }
+    let _z = fill::fill_uniform(c, &[10], DType::F32, 3, 0.0, 1.0).unwrap();
+    let p = c.profile_end().unwrap();
+    assert!(!c.is_profiling());
+    assert_eq!(p.dispatches.len(), 3);
+    let flops = 2.0 * 64.0 * 48.0 * 32.0;
+    assert_eq!(p.dispatches[0].flops, Some(flops));
+    assert_eq!(p.dispatches[0].scope, None);
+    assert_eq!(p.dispatches[1].scope, Some("atedm"));
+    assert_eq!(p.dispatches[2].op, "fill_uniform");
+    assert_eq!(p.dispatches[2].flops, None);
+    assert!(p
+        .dispatches
+        .iter()
+        .all(|d| d.seconds > 0.0 && d.seconds < 10.0));
+    assert!((p.overhead() - p.dispatches[1].seconds).abs() < 1e-15);
+    let cats = p.by_category();
+    assert!(cats
+        .iter()
+        .any(|c| c.name == "atedm: matmul" && c.calls == 1));
+    assert!(p.table().contains("total"));
+    assert!(c.profile_end().is_err(), "no profile running");
+}
+
+#[test]
+fn fill_matches_cpu_and_has_the_asked_range() {
+    let c = ctx();
+    for (n, seed, offset, scale) in [
+        (1usize, 0u32, 0.0f32, 1.0f32),
+        (1000, 7, 1.0, 0.5),
+        (4097, 9, -2.0, 3.0),
+    ] {
+        let want = fill::cpu_fill_uniform(n, seed, offset, scale);
+        for dtype in DTYPES {
+            let got = download(&fill::fill_uniform(c, &[n], dtype, seed, offset, scale).unwrap());
+            assert_close(
+                &got,
+                &round_to(dtype, &want),
+                tol(dtype),
+                &format!("fill {n} {dtype}"),
+            );
+        }
+        assert!(want.iter().all(|v| (v - offset).abs() <= scale));
+        if n > 1000 {
+            let mean = want.iter().sum::<f32>() / n as f32;
+            assert!((mean - offset).abs() < 0.1 * scale, "{mean}");
+        }
+    }
+    let e = fill::fill_uniform(c, &[4], DType::U32, 0, 0.0, 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("float"), "{e}");
+}
