@@ -151,3 +151,59 @@ fn matmul_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     store_row(bi, om + 2u, on, acc2);
     store_row(bi, om + 3u, on, acc3);
 }
+
+// 8x8 register blocks: 8x8 invocations over a 64x64 tile, rows and columns of each block
+// contiguous. 64 multiply-adds per 16 loaded elements (4 per load, 2x the 4x4 block's): on
+// lavapipe every storage load is a per-lane gather, so loads per multiply-add set the speed.
+@compute @workgroup_size(8, 8)
+fn matmul_reg8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tiles_m = (p.m + 63u) / 64u;
+    let per_batch = tiles_m * p.tiles_n;
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= per_batch * p.batch) { return; }
+    let bi = t / per_batch;
+    let r = t % per_batch;
+    let om = (r / p.tiles_n) * 64u + lid.y * 8u;
+    let on = (r % p.tiles_n) * 64u + lid.x * 8u;
+    let a_base = bi * p.a_sb;
+    let b_base = bi * p.b_sb;
+    let lm = p.m - 1u;
+    let ln = p.n - 1u;
+    let ra0 = vec4<u32>(min(om, lm), min(om + 1u, lm), min(om + 2u, lm), min(om + 3u, lm)) * p.a_sm + vec4<u32>(a_base);
+    let ra1 = vec4<u32>(min(om + 4u, lm), min(om + 5u, lm), min(om + 6u, lm), min(om + 7u, lm)) * p.a_sm + vec4<u32>(a_base);
+    let cb0 = vec4<u32>(min(on, ln), min(on + 1u, ln), min(on + 2u, ln), min(on + 3u, ln)) * p.b_sn + vec4<u32>(b_base);
+    let cb1 = vec4<u32>(min(on + 4u, ln), min(on + 5u, ln), min(on + 6u, ln), min(on + 7u, ln)) * p.b_sn + vec4<u32>(b_base);
+    var c00 = vec4<f32>(); var c01 = vec4<f32>();
+    var c10 = vec4<f32>(); var c11 = vec4<f32>();
+    var c20 = vec4<f32>(); var c21 = vec4<f32>();
+    var c30 = vec4<f32>(); var c31 = vec4<f32>();
+    var c40 = vec4<f32>(); var c41 = vec4<f32>();
+    var c50 = vec4<f32>(); var c51 = vec4<f32>();
+    var c60 = vec4<f32>(); var c61 = vec4<f32>();
+    var c70 = vec4<f32>(); var c71 = vec4<f32>();
+    for (var k = 0u; k < p.k; k = k + 1u) {
+        let ka = k * p.a_sk;
+        let kb = k * p.b_sk;
+        let a0 = vec4<f32>(f32(a[ra0.x + ka]), f32(a[ra0.y + ka]), f32(a[ra0.z + ka]), f32(a[ra0.w + ka]));
+        let a1 = vec4<f32>(f32(a[ra1.x + ka]), f32(a[ra1.y + ka]), f32(a[ra1.z + ka]), f32(a[ra1.w + ka]));
+        let b0 = vec4<f32>(f32(b[cb0.x + kb]), f32(b[cb0.y + kb]), f32(b[cb0.z + kb]), f32(b[cb0.w + kb]));
+        let b1 = vec4<f32>(f32(b[cb1.x + kb]), f32(b[cb1.y + kb]), f32(b[cb1.z + kb]), f32(b[cb1.w + kb]));
+        c00 = c00 + a0.x * b0; c01 = c01 + a0.x * b1;
+        c10 = c10 + a0.y * b0; c11 = c11 + a0.y * b1;
+        c20 = c20 + a0.z * b0; c21 = c21 + a0.z * b1;
+        c30 = c30 + a0.w * b0; c31 = c31 + a0.w * b1;
+        c40 = c40 + a1.x * b0; c41 = c41 + a1.x * b1;
+        c50 = c50 + a1.y * b0; c51 = c51 + a1.y * b1;
+        c60 = c60 + a1.z * b0; c61 = c61 + a1.z * b1;
+        c70 = c70 + a1.w * b0; c71 = c71 + a1.w * b1;
+    }
+    store_row(bi, om, on, c00); store_row(bi, om, on + 4u, c01);
+    store_row(bi, om + 1u, on, c10); store_row(bi, om + 1u, on + 4u, c11);
+    store_row(bi, om + 2u, on, c20); store_row(bi, om + 2u, on + 4u, c21);
+    store_row(bi, om + 3u, on, c30); store_row(bi, om + 3u, on + 4u, c31);
+    store_row(bi, om + 4u, on, c40); store_row(bi, om + 4u, on + 4u, c41);
+    store_row(bi, om + 5u, on, c50); store_row(bi, om + 5u, on + 4u, c51);
+    store_row(bi, om + 6u, on, c60); store_row(bi, om + 6u, on + 4u, c61);
+    store_row(bi, om + 7u, on, c70); store_row(bi, om + 7u, on + 4u, c71);
+}

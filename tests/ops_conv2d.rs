@@ -1,6 +1,6 @@
 mod common;
 
-use atedm::ops::conv2d::{self, Conv2dOptions};
+use atedm::ops::conv2d::{self, Conv2dOptions, ConvKernel};
 use atedm::DType;
 use common::*;
 use proptest::prelude::*;
@@ -11,7 +11,7 @@ proptest! {
     #[test]
     fn conv2d_matches_cpu(b in 1usize..3, cin in 1usize..12, cout in 1usize..80,
                           h in 1usize..20, w in 1usize..20, kind in 0u8..3, epi in 0u8..4,
-                          seed in any::<u64>()) {
+                          seed in any::<u64>(), tiled in any::<bool>()) {
         // 3x3 stride 1 pad 1, 3x3 stride 2 pad 1, 1x1 stride 1 pad 0 (the SDXL UNet/VAE convs).
         let (k, stride, padding) = match kind { 0 => (3, 1, 1), 1 => (3, 2, 1), _ => (1, 1, 0) };
         let xs = [b, cin, h, w];
@@ -25,11 +25,14 @@ proptest! {
             let res = round_to(dtype, &rand_vec(&mut r, os.iter().product(), 1.0));
             let (bias_t, res_t) = (upload(&bias, &[cout], dtype), upload(&res, &os, dtype));
             let (use_bias, use_res) = (epi & 1 == 1, epi & 2 == 2);
+            // Both kernels whatever the adapter (Auto picks one of them).
+            let kernel = if tiled { ConvKernel::Tiled } else { ConvKernel::Registers8 };
             let opts = Conv2dOptions {
                 stride,
                 padding,
                 bias: use_bias.then_some(&bias_t),
                 residual: use_res.then_some(&res_t),
+                kernel,
             };
             // Inputs stay alive until the download: see the pooled-buffer race noted in the report.
             let (x_t, w_t) = (upload(&x, &xs, dtype), upload(&wt, &ws, dtype));
@@ -50,7 +53,8 @@ proptest! {
         let mut r = rng(seed);
         let x = rand_vec(&mut r, xs.iter().product(), 1.0);
         let wt = rand_vec(&mut r, ws.iter().product(), 1.0);
-        let opts = Conv2dOptions { stride, padding, ..Default::default() };
+        let kernel = if seed % 2 == 0 { ConvKernel::Tiled } else { ConvKernel::Registers8 };
+        let opts = Conv2dOptions { stride, padding, kernel, ..Default::default() };
         let (x_t, w_t) = (upload(&x, &xs, DType::F32), upload(&wt, &ws, DType::F32));
         let out = conv2d::conv2d(ctx(), &x_t, &w_t, &opts).unwrap();
         let (want, shape) = conv2d::cpu_conv2d(&x, &xs, &wt, &ws, stride, padding, None, None);

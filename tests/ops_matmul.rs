@@ -32,9 +32,9 @@ proptest! {
     #[test]
     fn matmul_matches_cpu(m in 1usize..130, n in 1usize..130, k in 1usize..130,
                           (ba, bb) in batches(), trans in 0u8..4, epi in 0u8..4, seed in any::<u64>(),
-                          tiled in any::<bool>()) {
-        // Both kernels are checked whatever the adapter (Auto picks one of them).
-        let kernel = if tiled { MatmulKernel::Tiled } else { MatmulKernel::Registers };
+                          which in 0u8..3) {
+        // Every kernel is checked whatever the adapter (Auto picks one of them).
+        let kernel = [MatmulKernel::Tiled, MatmulKernel::Registers, MatmulKernel::Registers8][which as usize];
         let (ta, tb) = (trans & 1 == 1, trans & 2 == 2);
         let sa = stored(ba, m, k, ta);
         let sb = stored(bb, k, n, tb);

@@ -111,16 +111,20 @@ pub fn measure(
         if wanted("matmul") {
             let a = random(ctx, &[n, n], dtype, 1, 1.0)?;
             let b = random(ctx, &[n, n], dtype, 2, 1.0)?;
-            for kernel in [matmul::MatmulKernel::Tiled, matmul::MatmulKernel::Registers] {
+            for kernel in [
+                matmul::MatmulKernel::Tiled,
+                matmul::MatmulKernel::Registers,
+                matmul::MatmulKernel::Registers8,
+            ] {
                 let opts = matmul::MatmulOptions {
                     kernel,
                     ..Default::default()
                 };
                 let t = time_case(ctx, args.reps, || matmul::matmul(ctx, &a, &b, &opts))?;
-                let tag = if kernel == matmul::MatmulKernel::Tiled {
-                    "tiled"
-                } else {
-                    "regs"
+                let tag = match kernel {
+                    matmul::MatmulKernel::Tiled => "tiled",
+                    matmul::MatmulKernel::Registers => "regs 4x4",
+                    _ => "regs 8x8",
                 };
                 push(
                     format!("matmul {n}x{n}x{n} ({tag})"),
@@ -133,18 +137,23 @@ pub fn measure(
         if wanted("conv") {
             let x = random(ctx, &[1, c, hw, hw], dtype, 3, 1.0)?;
             let w = random(ctx, &[c, c, 3, 3], dtype, 4, 0.05)?;
-            let opts = conv2d::Conv2dOptions {
-                stride: 1,
-                padding: 1,
-                bias: None,
-                residual: None,
-            };
-            let t = time_case(ctx, args.reps, || conv2d::conv2d(ctx, &x, &w, &opts))?;
-            push(
-                format!("conv3x3 {hw}x{hw}x{c}->{c}"),
-                2.0 * (c * c * 9 * hw * hw) as f64,
-                t,
-            );
+            for (kernel, tag) in [
+                (conv2d::ConvKernel::Tiled, "tiled"),
+                (conv2d::ConvKernel::Registers8, "regs 8x8"),
+            ] {
+                let opts = conv2d::Conv2dOptions {
+                    stride: 1,
+                    padding: 1,
+                    kernel,
+                    ..Default::default()
+                };
+                let t = time_case(ctx, args.reps, || conv2d::conv2d(ctx, &x, &w, &opts))?;
+                push(
+                    format!("conv3x3 {hw}x{hw}x{c}->{c} ({tag})"),
+                    2.0 * (c * c * 9 * hw * hw) as f64,
+                    t,
+                );
+            }
         }
         let (tokens, heads, d) = (4096 / (s * s), 10, 64);
         let attn_flops = 4.0 * (tokens * tokens * d * heads) as f64;

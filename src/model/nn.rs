@@ -69,6 +69,7 @@ impl Conv2d {
             padding: self.padding,
             bias: Some(&self.bias),
             residual,
+            kernel: Default::default(),
         };
         conv2d::conv2d(ctx, x, &self.weight, &opts)
     }

@@ -12,6 +12,20 @@ use crate::tensor::Tensor;
 
 crate::shader_family!(pub SHADER, "conv2d");
 const CONV2D: Kernel = SHADER.kernel("conv2d");
+const CONV2D_REG8: Kernel = SHADER.kernel("conv2d_reg8");
+
+/// Which convolution kernel runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// `Registers8` on CPU adapters (lavapipe), `Tiled` on GPUs.
+    #[default]
+    Auto,
+    /// 64x64 output tiles, K slabs (im2col gathered while staging) in workgroup memory.
+    Tiled,
+    /// 64x64 output tiles of 8x8 register blocks read straight from storage: on lavapipe,
+    /// where each storage load costs far more than a multiply-add, 4 multiply-adds per load.
+    Registers8,
+}
 
 /// Output tile edge of the kernel (GEMM rows and columns).
 const TILE: usize = 64;
@@ -27,6 +41,7 @@ pub struct Conv2dOptions<'a> {
     pub bias: Option<&'a Tensor>,
     /// `[B, Cout, Ho, Wo]`, added to the output.
     pub residual: Option<&'a Tensor>,
+    pub kernel: ConvKernel,
 }
 
 impl Default for Conv2dOptions<'_> {
@@ -36,6 +51,7 @@ impl Default for Conv2dOptions<'_> {
             padding: 0,
             bias: None,
             residual: None,
+            kernel: ConvKernel::Auto,
         }
     }
 }
@@ -48,6 +64,7 @@ impl<'a> Conv2dOptions<'a> {
             padding,
             bias,
             residual: None,
+            kernel: ConvKernel::Auto,
         }
     }
 }
@@ -158,9 +175,13 @@ pub fn conv2d(
     // Unused epilogue bindings get `x` as a placeholder (never read: the flags are off).
     let workgroups = (ws[0].div_ceil(TILE) * tiles_n) as u64;
     ctx.note_flops(2.0 * (ws[0] * ndim) as f64 * kdim as f64);
+    let registers = match opts.kernel {
+        ConvKernel::Auto => ctx.is_cpu_adapter(),
+        k => k == ConvKernel::Registers8,
+    };
     ctx.dispatch(
         OP,
-        &CONV2D,
+        if registers { &CONV2D_REG8 } else { &CONV2D },
         dtype,
         bytemuck::bytes_of(&params),
         &[
