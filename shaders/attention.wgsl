@@ -183,3 +183,102 @@ fn head_mean_map(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         amap[(b * ap.nq + i) * ap.nk + j] = ST(sum / f32(ap.heads));
     }
 }
+
+// Map pass for CPU adapters: 8x8 invocations over a 64x64 (queries x keys) tile, each an 8x8
+// block of map entries, q and k read straight from storage. Per head: the 64 scores of the
+// block over head_dim (16 loads per 64 multiply-adds, where the staged pass makes 2 workgroup
+// loads per multiply-add), then exp(s - lse) accumulated over heads.
+fn map_row(b: u32, i: u32, j0: u32, v: vec4<f32>) {
+    if (i >= ap.nq) { return; }
+    for (var t = 0u; t < 4u; t++) {
+        let j = j0 + t;
+        if (j >= ap.nk) { return; }
+        var x = v[t] / f32(ap.heads);
+        if (ap.causal != 0u && j > i) { x = 0.0; }
+        amap[(b * ap.nq + i) * ap.nk + j] = ST(x);
+    }
+}
+
+fn map_exp(s: vec4<f32>, l: f32) -> vec4<f32> {
+    return exp(s - vec4<f32>(l));
+}
+
+@compute @workgroup_size(8, 8)
+fn head_mean_map_reg8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    let wg = wid.x + wid.y * nwg.x;
+    if (wg >= ap.batch * ap.q_tiles * ap.k_tiles) { return; }
+    let jt = wg % ap.k_tiles;
+    let t = wg / ap.k_tiles;
+    let it = t % ap.q_tiles;
+    let b = t / ap.q_tiles;
+    let i0 = it * 64u + lid.y * 8u;
+    let j0 = jt * 64u + lid.x * 8u;
+    let lq = ap.nq - 1u;
+    let lk = ap.nk - 1u;
+    let qb = b * ap.nq;
+    let kb = b * ap.nk;
+    let rq0 = (vec4<u32>(min(i0, lq), min(i0 + 1u, lq), min(i0 + 2u, lq), min(i0 + 3u, lq)) + vec4<u32>(qb)) * ap.width;
+    let rq1 = (vec4<u32>(min(i0 + 4u, lq), min(i0 + 5u, lq), min(i0 + 6u, lq), min(i0 + 7u, lq)) + vec4<u32>(qb)) * ap.width;
+    let rk0 = (vec4<u32>(min(j0, lk), min(j0 + 1u, lk), min(j0 + 2u, lk), min(j0 + 3u, lk)) + vec4<u32>(kb)) * ap.width;
+    let rk1 = (vec4<u32>(min(j0 + 4u, lk), min(j0 + 5u, lk), min(j0 + 6u, lk), min(j0 + 7u, lk)) + vec4<u32>(kb)) * ap.width;
+    var m00 = vec4<f32>(); var m01 = vec4<f32>();
+    var m10 = vec4<f32>(); var m11 = vec4<f32>();
+    var m20 = vec4<f32>(); var m21 = vec4<f32>();
+    var m30 = vec4<f32>(); var m31 = vec4<f32>();
+    var m40 = vec4<f32>(); var m41 = vec4<f32>();
+    var m50 = vec4<f32>(); var m51 = vec4<f32>();
+    var m60 = vec4<f32>(); var m61 = vec4<f32>();
+    var m70 = vec4<f32>(); var m71 = vec4<f32>();
+    for (var h = 0u; h < ap.heads; h++) {
+        var c00 = vec4<f32>(); var c01 = vec4<f32>();
+        var c10 = vec4<f32>(); var c11 = vec4<f32>();
+        var c20 = vec4<f32>(); var c21 = vec4<f32>();
+        var c30 = vec4<f32>(); var c31 = vec4<f32>();
+        var c40 = vec4<f32>(); var c41 = vec4<f32>();
+        var c50 = vec4<f32>(); var c51 = vec4<f32>();
+        var c60 = vec4<f32>(); var c61 = vec4<f32>();
+        var c70 = vec4<f32>(); var c71 = vec4<f32>();
+        let h0 = h * ap.head_dim;
+        for (var c = h0; c < h0 + ap.head_dim; c++) {
+            let a0 = vec4<f32>(f32(mq[rq0.x + c]), f32(mq[rq0.y + c]), f32(mq[rq0.z + c]), f32(mq[rq0.w + c]));
+            let a1 = vec4<f32>(f32(mq[rq1.x + c]), f32(mq[rq1.y + c]), f32(mq[rq1.z + c]), f32(mq[rq1.w + c]));
+            let b0 = vec4<f32>(f32(mk[rk0.x + c]), f32(mk[rk0.y + c]), f32(mk[rk0.z + c]), f32(mk[rk0.w + c]));
+            let b1 = vec4<f32>(f32(mk[rk1.x + c]), f32(mk[rk1.y + c]), f32(mk[rk1.z + c]), f32(mk[rk1.w + c]));
+            c00 += a0.x * b0; c01 += a0.x * b1;
+            c10 += a0.y * b0; c11 += a0.y * b1;
+            c20 += a0.z * b0; c21 += a0.z * b1;
+            c30 += a0.w * b0; c31 += a0.w * b1;
+            c40 += a1.x * b0; c41 += a1.x * b1;
+            c50 += a1.y * b0; c51 += a1.y * b1;
+            c60 += a1.z * b0; c61 += a1.z * b1;
+            c70 += a1.w * b0; c71 += a1.w * b1;
+        }
+        let lb = (b * ap.heads + h) * ap.nq;
+        let s = ap.scale;
+        let l0 = mlse[lb + min(i0, lq)];
+        let l1 = mlse[lb + min(i0 + 1u, lq)];
+        let l2 = mlse[lb + min(i0 + 2u, lq)];
+        let l3 = mlse[lb + min(i0 + 3u, lq)];
+        let l4 = mlse[lb + min(i0 + 4u, lq)];
+        let l5 = mlse[lb + min(i0 + 5u, lq)];
+        let l6 = mlse[lb + min(i0 + 6u, lq)];
+        let l7 = mlse[lb + min(i0 + 7u, lq)];
+        m00 += map_exp(c00 * s, l0); m01 += map_exp(c01 * s, l0);
+        m10 += map_exp(c10 * s, l1); m11 += map_exp(c11 * s, l1);
+        m20 += map_exp(c20 * s, l2); m21 += map_exp(c21 * s, l2);
+        m30 += map_exp(c30 * s, l3); m31 += map_exp(c31 * s, l3);
+        m40 += map_exp(c40 * s, l4); m41 += map_exp(c41 * s, l4);
+        m50 += map_exp(c50 * s, l5); m51 += map_exp(c51 * s, l5);
+        m60 += map_exp(c60 * s, l6); m61 += map_exp(c61 * s, l6);
+        m70 += map_exp(c70 * s, l7); m71 += map_exp(c71 * s, l7);
+    }
+    map_row(b, i0, j0, m00); map_row(b, i0, j0 + 4u, m01);
+    map_row(b, i0 + 1u, j0, m10); map_row(b, i0 + 1u, j0 + 4u, m11);
+    map_row(b, i0 + 2u, j0, m20); map_row(b, i0 + 2u, j0 + 4u, m21);
+    map_row(b, i0 + 3u, j0, m30); map_row(b, i0 + 3u, j0 + 4u, m31);
+    map_row(b, i0 + 4u, j0, m40); map_row(b, i0 + 4u, j0 + 4u, m41);
+    map_row(b, i0 + 5u, j0, m50); map_row(b, i0 + 5u, j0 + 4u, m51);
+    map_row(b, i0 + 6u, j0, m60); map_row(b, i0 + 6u, j0 + 4u, m61);
+    map_row(b, i0 + 7u, j0, m70); map_row(b, i0 + 7u, j0 + 4u, m71);
+}

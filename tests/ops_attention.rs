@@ -1,6 +1,6 @@
 mod common;
 
-use atedm::ops::attention::{self, AttentionOptions};
+use atedm::ops::attention::{self, AttentionOptions, MapKernel};
 use atedm::{DType, Tensor};
 use common::*;
 use proptest::prelude::*;
@@ -49,7 +49,15 @@ fn check_case(
         let what = format!("B{batch} Nq{nq} Nk{nk} H{heads} D{hd} causal={causal} {dtype}");
         let (want_out, want_map) =
             attention::cpu_attention(&q, &k, &v, batch, nq, nk, width, &opts);
-        let (out, map) = attention::attention_with_map(ctx(), &qt, &kt, &vt, &opts).unwrap();
+        // Both map kernels whatever the adapter (Auto picks one of them).
+        let kernel = if seed % 2 == 0 {
+            MapKernel::Staged
+        } else {
+            MapKernel::Registers8
+        };
+        let what = format!("{what} {kernel:?}");
+        let (out, map) =
+            attention::attention_with_map_kernel(ctx(), &qt, &kt, &vt, &opts, kernel).unwrap();
         assert_eq!(out.shape(), &[batch, nq, width]);
         assert_eq!(map.shape(), &[batch, nq, nk]);
         assert_eq!(map.dtype(), dtype);

@@ -171,14 +171,20 @@ pub fn measure(
             })?;
             push(format!("attention {tokens} tok {heads}x{d}"), attn_flops, t);
             // The map variant recomputes Q K^T once more: count that too.
-            let t = time_case(ctx, args.reps, || {
-                attention::attention_with_map(ctx, &q, &k, &v, &opts).map(|(o, _map)| o)
-            })?;
-            push(
-                format!("attention+map {tokens} tok {heads}x{d}"),
-                attn_flops * 1.5,
-                t,
-            );
+            for (kernel, tag) in [
+                (attention::MapKernel::Staged, "staged"),
+                (attention::MapKernel::Registers8, "regs 8x8"),
+            ] {
+                let t = time_case(ctx, args.reps, || {
+                    attention::attention_with_map_kernel(ctx, &q, &k, &v, &opts, kernel)
+                        .map(|(o, _map)| o)
+                })?;
+                push(
+                    format!("attention+map {tokens} tok {heads}x{d} ({tag})"),
+                    attn_flops * 1.5,
+                    t,
+                );
+            }
         }
     }
     Ok(results)

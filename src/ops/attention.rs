@@ -21,6 +21,20 @@ crate::shader_family!(pub SHADER, "attention");
 const FLASH: Kernel = SHADER.kernel("flash_attention");
 const FLASH_LSE: Kernel = SHADER.kernel("flash_attention_lse");
 const MAP: Kernel = SHADER.kernel("head_mean_map");
+const MAP_REG8: Kernel = SHADER.kernel("head_mean_map_reg8");
+
+/// Which kernel computes the head-mean map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MapKernel {
+    /// `Registers8` on CPU adapters (lavapipe), `Staged` on GPUs.
+    #[default]
+    Auto,
+    /// 16x16 map tiles, each head's q and k rows staged in workgroup memory.
+    Staged,
+    /// 64x64 map tiles of 8x8 register blocks, q and k read from storage: 4 multiply-adds per
+    /// load (the staged pass makes 2 workgroup loads per multiply-add).
+    Registers8,
+}
 
 /// Largest head dimension the kernels support.
 pub const MAX_HEAD_DIM: usize = 128;
@@ -209,6 +223,18 @@ pub fn attention_with_map(
     v: &Tensor,
     opts: &AttentionOptions,
 ) -> Result<(Tensor, Tensor)> {
+    attention_with_map_kernel(ctx, q, k, v, opts, MapKernel::Auto)
+}
+
+/// [`attention_with_map`] with a chosen map kernel.
+pub fn attention_with_map_kernel(
+    ctx: &GpuContext,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+    kernel: MapKernel,
+) -> Result<(Tensor, Tensor)> {
     let d = check(q, k, v, opts)?;
     let out = Tensor::empty(ctx, q.shape(), d.dtype)?;
     let lse = Tensor::empty(ctx, &[d.batch, opts.heads, d.nq], DType::F32)?;
@@ -224,14 +250,19 @@ pub fn attention_with_map(
         ctx.grid(groups),
     )?;
     let map = Tensor::empty(ctx, &[d.batch, d.nq, d.nk], d.dtype)?;
-    let k_tiles = d.nk.div_ceil(MT);
-    let p = params(&d, opts, MT, k_tiles)?;
-    let groups = (d.batch * d.nq.div_ceil(MT) * k_tiles) as u64;
+    let registers = match kernel {
+        MapKernel::Auto => ctx.is_cpu_adapter(),
+        k => k == MapKernel::Registers8,
+    };
+    let tile = if registers { 64 } else { MT };
+    let k_tiles = d.nk.div_ceil(tile);
+    let p = params(&d, opts, tile, k_tiles)?;
+    let groups = (d.batch * d.nq.div_ceil(tile) * k_tiles) as u64;
     // The map pass recomputes Q K^T over all heads.
     ctx.note_flops(d.flops() / 2.0);
     ctx.dispatch(
         OP,
-        &MAP,
+        if registers { &MAP_REG8 } else { &MAP },
         d.dtype,
         bytemuck::bytes_of(&p),
         &[("q", q), ("k", k), ("lse", &lse), ("map", &map)],
