@@ -125,9 +125,17 @@ impl Tensor {
     }
 
     fn upload(ctx: &GpuContext, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let t = Self::empty(ctx, shape, dtype)?;
-        ctx.write(t.buffer(), bytes)?;
-        Ok(t)
+        checked_numel(shape)?;
+        let (buffer, class) = ctx.alloc_init(bytes, &format!("tensor {shape:?} {dtype}"))?;
+        Ok(Tensor {
+            storage: Arc::new(Storage {
+                buffer: Some(buffer),
+                class,
+                pool: ctx.pool.clone(),
+            }),
+            shape: shape.to_vec(),
+            dtype,
+        })
     }
 
     fn check_len(len: usize, shape: &[usize]) -> Result<()> {

@@ -106,6 +106,7 @@ pub struct GpuContext {
     plan_buffer: Option<wgpu::Buffer>,
     /// Per-dispatch timing while a profile is being recorded.
     profiler: Mutex<Option<ProfState>>,
+    submissions: std::sync::atomic::AtomicU64,
 }
 
 /// Restores the previous profiling scope when dropped (see [`GpuContext::profile_scope`]).
@@ -258,6 +259,7 @@ impl GpuContext {
             errors,
             lost,
             profiler: Mutex::default(),
+            submissions: Default::default(),
         })
     }
 
@@ -589,6 +591,46 @@ impl GpuContext {
         Ok(buffer)
     }
 
+    /// A storage buffer holding `data` (padded to its size class). Small uploads get a fresh
+    /// buffer created with its contents, so nothing recorded has to be submitted first and a
+    /// step that uploads a few host values (timesteps, micro-conditioning) stays one
+    /// submission; large ones (and planning mode) take a pooled buffer and a queue write.
+    pub(crate) fn alloc_init(&self, data: &[u8], what: &str) -> Result<(wgpu::Buffer, u64)> {
+        const SMALL: usize = 1 << 20;
+        if self.is_plan_only() || data.len() > SMALL {
+            let (b, class) = self.alloc(data.len() as u64, what)?;
+            self.write(&b, data)?;
+            return Ok((b, class));
+        }
+        self.check_lost()?;
+        let class = size_class(data.len() as u64);
+        let mut padded = data.to_vec();
+        padded.resize(class as usize, 0);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(what),
+                contents: &padded,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            });
+        if pollster::block_on(scope.pop()).is_some() {
+            return Err(Error::OutOfMemory {
+                what: what.to_string(),
+                bytes: class,
+            });
+        }
+        self.pool.created(class);
+        Ok((buffer, class))
+    }
+
+    /// Command buffers submitted so far (a UNet step should add one).
+    pub fn submissions(&self) -> u64 {
+        self.submissions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Writes `data` at the start of `buffer`, in stream order with recorded ops.
     pub(crate) fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) -> Result<()> {
         self.check_lost()?;
@@ -699,6 +741,8 @@ impl GpuContext {
     fn submit_locked(&self, p: &mut Pending) -> Result<()> {
         p.dispatches = 0;
         if let Some(enc) = p.encoder.take() {
+            self.submissions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
             let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
             self.queue.submit([enc.finish()]);
