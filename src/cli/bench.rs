@@ -329,6 +329,8 @@ pub fn run(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<VariantResult>> {
         )
         .expect("static template"),
     );
+    // Without a terminal (logs, CI) the bar is hidden: print a line per step instead.
+    let log = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     // Warm-up (pipeline compilation, pool), then interleaved timed rounds.
     for round in 0..=a.reps {
         for r in runs.iter_mut() {
@@ -337,6 +339,17 @@ pub fn run(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<VariantResult>> {
                 let t = forward(&r.settings, k.step)?;
                 if round > 0 {
                     k.times.push(t);
+                }
+                if log {
+                    let what = if round == 0 {
+                        "warm-up".to_string()
+                    } else {
+                        format!("rep {round}")
+                    };
+                    eprintln!(
+                        "bench: {:?} step {} ({what}): {:.2} s",
+                        r.variant, k.step, t
+                    );
                 }
                 bar.inc(1);
             }
