@@ -186,3 +186,23 @@ fn fill_matches_cpu_and_has_the_asked_range() {
         .to_string();
     assert!(e.contains("float"), "{e}");
 }
+
+#[test]
+fn the_map_pass_counts_as_pruning_overhead_with_either_kernel() {
+    use atedm::ops::attention::{self, AttentionOptions, MapKernel};
+    let _turn = profiling();
+    let c = ctx();
+    let q = fill::fill_uniform(c, &[1, 20, 16], DType::F32, 4, 0.0, 1.0).unwrap();
+    let opts = AttentionOptions::new(2);
+    for kernel in [MapKernel::Staged, MapKernel::Registers8] {
+        c.profile_begin().unwrap();
+        let _r = attention::attention_with_map_kernel(c, &q, &q, &q, &opts, kernel).unwrap();
+        let p = c.profile_end().unwrap();
+        assert_eq!(p.dispatches.len(), 2);
+        assert!(
+            (p.overhead() - p.dispatches[1].seconds).abs() < 1e-15,
+            "{kernel:?}"
+        );
+        assert!(p.by_category().iter().any(|c| c.name == "attention map"));
+    }
+}

@@ -39,7 +39,7 @@ impl DispatchTime {
     /// The row of the breakdown this dispatch belongs to: the op, except that the attention
     /// map pass (AT-EDM's head-mean map) is its own row, and scoped work is prefixed.
     pub fn category(&self) -> String {
-        let base = if self.entry == "head_mean_map" {
+        let base = if self.entry.starts_with("head_mean_map") {
             "attention map"
         } else {
             self.op
@@ -80,7 +80,7 @@ impl Profile {
     pub fn overhead(&self) -> f64 {
         self.dispatches
             .iter()
-            .filter(|d| d.entry == "head_mean_map" || d.scope.is_some())
+            .filter(|d| d.entry.starts_with("head_mean_map") || d.scope.is_some())
             .map(|d| d.seconds)
             .sum()
     }
