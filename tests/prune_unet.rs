@@ -136,16 +136,11 @@ fn bad_pruning_requests_are_errors() {
         DType::F32,
     )
     .unwrap();
-    let inputs = read_all_f32(&root("tests/fixtures/unet/tiny-b/inputs.safetensors")).unwrap();
-    let up = |k: &str| Tensor::from_f32(c, &inputs[k].1, &inputs[k].0, DType::F32).unwrap();
-    let (sample, enc, text) = (up("sample"), up("encoder_hidden_states"), up("text_embeds"));
-    let x = UNetInputs {
-        sample: &sample,
-        timesteps: &inputs["timestep"].1,
-        encoder_hidden_states: &enc,
-        text_embeds: &text,
-        time_ids: &inputs["time_ids"].1,
-    };
+    let inputs = FixtureInputs::load(
+        &root("tests/fixtures/unet/tiny-b/inputs.safetensors"),
+        DType::F32,
+    );
+    let x = inputs.unet_inputs();
     let run = |settings: PruneSettings| {
         unet.forward_pruned(
             c,

@@ -3,11 +3,10 @@
 mod common;
 
 use atedm::model::load::load_unet;
-use atedm::model::unet::{PruneStep, UNetInputs};
-use atedm::model::weights::read_all_f32;
+use atedm::model::unet::PruneStep;
 use atedm::prune::flops::{PruneMode, PruneSettings};
 use atedm::prune::tome::TomeSettings;
-use atedm::{DType, Tensor};
+use atedm::DType;
 use common::*;
 
 #[test]
@@ -20,16 +19,11 @@ fn a_unet_step_is_one_submission_with_and_without_pruning() {
         DType::F32,
     )
     .unwrap();
-    let inputs = read_all_f32(&root("tests/fixtures/unet/tiny-b/inputs.safetensors")).unwrap();
-    let up = |k: &str| Tensor::from_f32(c, &inputs[k].1, &inputs[k].0, DType::F32).unwrap();
-    let (sample, enc, text) = (up("sample"), up("encoder_hidden_states"), up("text_embeds"));
-    let x = UNetInputs {
-        sample: &sample,
-        timesteps: &inputs["timestep"].1,
-        encoder_hidden_states: &enc,
-        text_embeds: &text,
-        time_ids: &inputs["time_ids"].1,
-    };
+    let inputs = FixtureInputs::load(
+        &root("tests/fixtures/unet/tiny-b/inputs.safetensors"),
+        DType::F32,
+    );
+    let x = inputs.unet_inputs();
     let atedm = PruneSettings {
         mode: PruneMode::AtEdm,
         keep_ratio: 0.5,

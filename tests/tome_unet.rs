@@ -7,11 +7,11 @@ mod common;
 use std::path::PathBuf;
 
 use atedm::model::load::load_unet;
-use atedm::model::unet::{PruneStep, UNetInputs};
+use atedm::model::unet::PruneStep;
 use atedm::model::weights::read_all_f32;
 use atedm::prune::flops::{PruneMode, PruneSettings};
 use atedm::prune::tome::TomeSettings;
-use atedm::{DType, Tensor};
+use atedm::DType;
 use common::*;
 
 fn cases() -> Vec<PathBuf> {
@@ -54,16 +54,8 @@ fn settings(meta: &serde_json::Value) -> PruneStep {
 fn run_case(meta: &serde_json::Value, dtype: DType) -> (Vec<(String, Vec<i64>)>, Vec<f32>) {
     let c = ctx();
     let unet = load_unet(c, &root(meta["unet"].as_str().unwrap()), None, dtype).unwrap();
-    let inputs = read_all_f32(&root(meta["inputs"].as_str().unwrap())).unwrap();
-    let up = |k: &str| Tensor::from_f32(c, &inputs[k].1, &inputs[k].0, dtype).unwrap();
-    let (sample, enc, text) = (up("sample"), up("encoder_hidden_states"), up("text_embeds"));
-    let x = UNetInputs {
-        sample: &sample,
-        timesteps: &inputs["timestep"].1,
-        encoder_hidden_states: &enc,
-        text_embeds: &text,
-        time_ids: &inputs["time_ids"].1,
-    };
+    let inputs = FixtureInputs::load(&root(meta["inputs"].as_str().unwrap()), dtype);
+    let x = inputs.unet_inputs();
     let (out, records) = unet.forward_pruned(c, &x, &settings(meta)).unwrap();
     assert!(records.stacks.is_empty(), "ToMe records no AT-EDM masks");
     let slots = records

@@ -181,3 +181,36 @@ pub fn read_i64(path: &Path) -> HashMap<String, Vec<i64>> {
         .map(|(n, v)| (n, bytemuck::pod_collect_to_vec(v.data())))
         .collect()
 }
+
+/// UNet inputs from a fixture's safetensors file, uploaded in `dtype`.
+pub struct FixtureInputs {
+    pub sample: Tensor,
+    pub encoder_hidden_states: Tensor,
+    pub text_embeds: Tensor,
+    pub timestep: Vec<f32>,
+    pub time_ids: Vec<f32>,
+}
+
+impl FixtureInputs {
+    pub fn load(path: &Path, dtype: DType) -> Self {
+        let inputs = atedm::model::weights::read_all_f32(path).unwrap();
+        let up = |k: &str| Tensor::from_f32(ctx(), &inputs[k].1, &inputs[k].0, dtype).unwrap();
+        FixtureInputs {
+            sample: up("sample"),
+            encoder_hidden_states: up("encoder_hidden_states"),
+            text_embeds: up("text_embeds"),
+            timestep: inputs["timestep"].1.clone(),
+            time_ids: inputs["time_ids"].1.clone(),
+        }
+    }
+
+    pub fn unet_inputs(&self) -> atedm::model::unet::UNetInputs<'_> {
+        atedm::model::unet::UNetInputs {
+            sample: &self.sample,
+            timesteps: &self.timestep,
+            encoder_hidden_states: &self.encoder_hidden_states,
+            text_embeds: &self.text_embeds,
+            time_ids: &self.time_ids,
+        }
+    }
+}
