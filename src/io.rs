@@ -61,3 +61,54 @@ pub fn safetensors_bytes(tensors: &[HostTensor]) -> Result<Vec<u8>> {
     safetensors::tensor::serialize(views, None)
         .map_err(|e| Error::Invalid(format!("serializing safetensors: {e}")))
 }
+
+/// Encodes 8-bit pixels (`channels` 3: RGB, 4: RGBA) as PNG, with `text` in a `parameters`
+/// text chunk when not empty.
+fn png_encode(
+    width: usize,
+    height: usize,
+    channels: usize,
+    pixels: &[u8],
+    text: &str,
+) -> Result<Vec<u8>> {
+    if pixels.len() != width * height * channels {
+        return Err(Error::Invalid(format!(
+            "PNG encoding: {} bytes for {width}x{height}x{channels}",
+            pixels.len()
+        )));
+    }
+    let mut buf = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut buf, width as u32, height as u32);
+        enc.set_color(if channels == 4 {
+            png::ColorType::Rgba
+        } else {
+            png::ColorType::Rgb
+        });
+        enc.set_depth(png::BitDepth::Eight);
+        let err = |e: png::EncodingError| Error::Invalid(format!("PNG encoding: {e}"));
+        if !text.is_empty() {
+            enc.add_text_chunk("parameters".into(), text.into())
+                .map_err(err)?;
+        }
+        let mut w = enc.write_header().map_err(err)?;
+        w.write_image_data(pixels).map_err(err)?;
+        w.finish().map_err(err)?;
+    }
+    Ok(buf)
+}
+
+/// Encodes RGB8 pixels (row-major) as PNG with `parameters` in a `parameters` text chunk.
+pub fn png_rgb8_bytes(
+    width: usize,
+    height: usize,
+    rgb: &[u8],
+    parameters: &str,
+) -> Result<Vec<u8>> {
+    png_encode(width, height, 3, rgb, parameters)
+}
+
+/// Encodes RGBA8 pixels (row-major) as PNG.
+pub fn png_rgba8_bytes(width: usize, height: usize, rgba: &[u8]) -> Result<Vec<u8>> {
+    png_encode(width, height, 4, rgba, "")
+}

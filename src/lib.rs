@@ -25,6 +25,8 @@ pub mod ops;
 pub mod pipeline;
 pub mod prune;
 pub mod tensor;
+#[cfg(feature = "viewer")]
+pub mod viewer;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor};

@@ -383,18 +383,25 @@ fn generate_with_tome_merges_and_records_the_setting() {
         params.contains("Pruning: ToMe, merge ratio 0.5000 around attn1+mlp"),
         "{params}"
     );
-    // ToMe has no token masks to dump.
-    let e = run(
+    // ToMe has no token masks: the dump has the run, the step latents and the image only.
+    let masks = dir.join("masks");
+    run(
         ctx(),
         &GenerateArgs {
-            dump_masks: Some(dir.join("masks")),
+            dump_masks: Some(masks.clone()),
             overwrite: true,
             prune,
             ..cli_args(&merged)
         },
     )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("--dump-masks"), "{e}");
+    .unwrap();
+    let saved = atedm::pipeline::dump::RunData::load(&masks).unwrap();
+    assert_eq!(saved.info.prune_mode, "tome");
+    assert!(saved
+        .steps
+        .iter()
+        .all(|s| s.masks.is_empty() && s.denoised.is_some()));
+    assert!(!masks.join("step_000.safetensors").exists());
+    assert_eq!(saved.image.unwrap().pixels, read_png(&merged).0);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -17,4 +17,15 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
     mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 fi
 
-cargo test --locked "$@"
+# One build for everything, the viewer included (feature `viewer`: tests/viewer.rs renders its UI
+# offscreen on the same adapter). The viewer's eframe 0.37 needs Rust 1.95: older toolchains, or
+# ATEDM_TEST_NO_VIEWER=1, test without it.
+features=(--features viewer)
+rust_minor=$(rustc --version | sed -nE 's/^rustc 1\.([0-9]+).*/\1/p')
+if [ -n "${ATEDM_TEST_NO_VIEWER:-}" ]; then
+    features=()
+elif [ -z "$rust_minor" ] || [ "$rust_minor" -lt 95 ]; then
+    echo "test.sh: $(rustc --version) is older than 1.95: testing without the viewer" >&2
+    features=()
+fi
+cargo test --locked ${features[@]+"${features[@]}"} "$@"

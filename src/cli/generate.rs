@@ -8,9 +8,11 @@ use clap::Args;
 use crate::cli::flops::PruneArgs;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::io::{safetensors_bytes, write_atomic, HostTensor};
+use crate::io::{png_rgb8_bytes, safetensors_bytes, write_atomic, HostTensor};
 use crate::model::weights::read_all_f32;
-use crate::pipeline::generate::{GenerateOutput, GenerateRequest, LoadOptions, SdxlPipeline};
+use crate::pipeline::dump::{write_run, Rgb8, RunInfo};
+use crate::pipeline::generate::{GenerateRequest, LoadOptions, SdxlPipeline, StepUpdate};
+use crate::prune::flops::PruneMode;
 use crate::tensor::DType;
 
 #[derive(Args, Debug, Clone)]
@@ -58,8 +60,11 @@ pub struct GenerateArgs {
     /// Also write embeddings, final latents and the decoded image to this safetensors file.
     #[arg(long)]
     pub save_intermediates: Option<PathBuf>,
-    /// Save, per step, the kept tokens and G-WPR scores of every pruned stack
-    /// (`step_NNN.safetensors`) and pictures of the masks (`step_NNN_<stack>.png`).
+    /// Save the run to this folder for `atedm view`: `run.json` (settings, per-step time and
+    /// FLOPs, stacks), `image.png`, per-step latents (`latents_NNN.safetensors`), and per
+    /// step the kept tokens and G-WPR scores of every pruned stack (`step_NNN.safetensors`)
+    /// with pictures of the masks (`step_NNN_<stack>.png`). Works for unpruned and ToMe runs
+    /// too (no masks then).
     #[arg(long)]
     pub dump_masks: Option<PathBuf>,
     #[command(flatten)]
@@ -68,22 +73,35 @@ pub struct GenerateArgs {
 
 /// Encodes RGB8 pixels as PNG with the generation parameters in a `parameters` text chunk.
 pub fn png_bytes(width: usize, height: usize, rgb: &[u8], parameters: &str) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut buf, width as u32, height as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let err = |e: png::EncodingError| Error::Invalid(format!("PNG encoding: {e}"));
-        enc.add_text_chunk("parameters".into(), parameters.into())
-            .map_err(err)?;
-        let mut w = enc.write_header().map_err(err)?;
-        w.write_image_data(rgb).map_err(err)?;
-        w.finish().map_err(err)?;
-    }
-    Ok(buf)
+    png_rgb8_bytes(width, height, rgb, parameters)
+}
+
+/// What [`run_observed`] reports while it runs.
+pub enum GenerateEvent<'a> {
+    /// The pipeline is loaded and the run described (its step times still empty).
+    Started(&'a RunInfo),
+    /// A denoising step finished.
+    Step(&'a StepUpdate<'a>),
+}
+
+/// The result of [`run_observed`]: the run's description (with step times) and its image.
+pub struct Generated {
+    pub info: RunInfo,
+    pub image: Rgb8,
 }
 
 pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
+    run_observed(ctx, a, false, |_| {}).map(|_| ())
+}
+
+/// `atedm generate` reporting its progress to `on_event`. With `record`, every step's latents
+/// and masks are downloaded right after the step (as `--dump-masks` does) and reported.
+pub fn run_observed(
+    ctx: &GpuContext,
+    a: &GenerateArgs,
+    record: bool,
+    mut on_event: impl FnMut(GenerateEvent<'_>),
+) -> Result<Generated> {
     if a.output.exists() && !a.overwrite {
         return Err(Error::Invalid(format!(
             "{} exists; pass --overwrite to replace it",
@@ -110,25 +128,23 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
             config: a.config.clone(),
         },
     )?;
-    eprintln!(
-        "loaded {} in {:.1} s",
-        a.model.display(),
-        t0.elapsed().as_secs_f64()
-    );
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    eprintln!("loaded {} in {:.1} s", a.model.display(), load_ms / 1e3);
     let down = pipe.vae.config.upsampling();
     let (prune, budget) =
         a.prune
             .settings(&pipe.unet.config, a.height / down, a.width / down, a.steps)?;
-    if a.dump_masks.is_some() && prune.mode == crate::prune::flops::PruneMode::Tome {
-        return Err(Error::Invalid(
-            "--dump-masks saves AT-EDM's token masks; ToMe merges tokens and has none (use --prune atedm)"
-                .into(),
-        ));
+    let tome = prune.mode == PruneMode::Tome;
+    if a.dump_masks.is_some() && tome {
+        eprintln!(
+            "note: ToMe merges tokens and has no masks; --dump-masks saves the run, the step previews and the image"
+        );
     }
     let prune_text = crate::cli::flops::describe_prune(&prune, budget);
-    if prune.mode != crate::prune::flops::PruneMode::None {
+    if prune.mode != PruneMode::None {
         eprintln!("pruning: {prune_text}");
     }
+    let record = record || a.dump_masks.is_some();
     let req = GenerateRequest {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
@@ -140,18 +156,9 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
         seed: a.seed,
         latents,
         prune,
-        record_masks: a.dump_masks.is_some(),
+        record_masks: record && !tome,
+        record_latents: record,
     };
-    let bar = indicatif::ProgressBar::new(a.steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}")
-            .expect("static template"),
-    );
-    let out = pipe.generate(ctx, &req, |i, _| bar.set_position(i as u64))?;
-    bar.finish();
-    if out.embeds.truncated {
-        eprintln!("warning: the prompt was longer than 75 tokens and was truncated");
-    }
     let params = format!(
         "{}\nNegative prompt: {}\nSteps: {}, Sampler: Euler, CFG scale: {}, Guidance rescale: {}, Seed: {}, Size: {}x{}, Model: {}, Pruning: {}, Engine: atedm {}",
         a.prompt,
@@ -166,6 +173,31 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
         prune_text,
         env!("CARGO_PKG_VERSION")
     );
+    let latent_shape = [
+        1,
+        pipe.unet.config.in_channels,
+        a.height / down,
+        a.width / down,
+    ];
+    let mut info = RunInfo::new(&pipe.unet.config, &req, latent_shape, &prune_text, &params)?;
+    info.load_ms = load_ms;
+    on_event(GenerateEvent::Started(&info));
+    let bar = indicatif::ProgressBar::new(a.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}")
+            .expect("static template"),
+    );
+    let t1 = Instant::now();
+    let out = pipe.generate_with(ctx, &req, |u| {
+        bar.set_position(u.step as u64 + 1);
+        on_event(GenerateEvent::Step(u));
+    })?;
+    bar.finish();
+    info.generate_ms = t1.elapsed().as_secs_f64() * 1e3;
+    info.step_ms = out.step_ms.clone();
+    if out.embeds.truncated {
+        eprintln!("warning: the prompt was longer than 75 tokens and was truncated");
+    }
     if let Some(p) = &a.save_intermediates {
         let e = &out.embeds;
         let host = |t: &crate::tensor::Tensor| -> Result<(Vec<usize>, Vec<f32>)> {
@@ -189,95 +221,23 @@ pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
         ])?;
         write_atomic(p, &bytes)?;
     }
+    let rgb = out.rgb8();
     if let Some(dir) = &a.dump_masks {
-        dump_masks(dir, &pipe, &out, a.height / down, a.width / down)?;
+        write_run(dir, &info, &out, &rgb, &params)?;
+        eprintln!("saved the run to {}", dir.display());
     }
-    write_atomic(
-        &a.output,
-        &png_bytes(a.width, a.height, &out.rgb8(), &params)?,
-    )?;
+    write_atomic(&a.output, &png_bytes(a.width, a.height, &rgb, &params)?)?;
     eprintln!(
         "wrote {} in {:.1} s",
         a.output.display(),
         t0.elapsed().as_secs_f64()
     );
-    Ok(())
-}
-
-/// Writes `step_NNN.safetensors` (`kept.<stack>` int64 [B,k], `score.<stack>` f32 [B,N]) and
-/// `step_NNN_<stack>.png` (the conditional image's tokens on the stack's grid: kept white,
-/// pruned black, scaled up to at least 64 px wide).
-fn dump_masks(
-    dir: &std::path::Path,
-    pipe: &SdxlPipeline,
-    out: &GenerateOutput,
-    lh: usize,
-    lw: usize,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.display().to_string(),
-        source,
-    })?;
-    let stacks = crate::prune::flops::stacks(&pipe.unet.config, lh, lw);
-    let steps: std::collections::BTreeSet<usize> = out.masks.iter().map(|m| m.step).collect();
-    for step in steps {
-        let masks: Vec<_> = out.masks.iter().filter(|m| m.step == step).collect();
-        let kept: Vec<(String, Vec<i64>)> = masks
-            .iter()
-            .map(|m| {
-                (
-                    format!("kept.{}", m.stack),
-                    m.kept.iter().map(|&v| v as i64).collect(),
-                )
-            })
-            .collect();
-        let names: Vec<String> = masks.iter().map(|m| format!("score.{}", m.stack)).collect();
-        let mut tensors = Vec::new();
-        for (m, (kn, kv)) in masks.iter().zip(&kept) {
-            tensors.push(HostTensor::I64(kn, m.kept_shape.to_vec(), kv));
-        }
-        for (m, sn) in masks.iter().zip(&names) {
-            tensors.push(HostTensor::F32(sn, m.scores_shape.to_vec(), &m.scores));
-        }
-        write_atomic(
-            &dir.join(format!("step_{step:03}.safetensors")),
-            &safetensors_bytes(&tensors)?,
-        )?;
-        for m in &masks {
-            let Some(st) = stacks.iter().find(|s| s.name == m.stack) else {
-                continue;
-            };
-            let (gh, gw) = (lh >> (st.level - 1), lw >> (st.level - 1));
-            let b = m.kept_shape[0] - 1; // the conditional half with CFG
-            let k = m.kept_shape[1];
-            let mut on = vec![false; gh * gw];
-            for &j in &m.kept[b * k..(b + 1) * k] {
-                on[j as usize] = true;
-            }
-            let scale = (64 / gw.max(1)).max(1);
-            let (w, h) = (gw * scale, gh * scale);
-            let mut rgb = Vec::with_capacity(w * h * 3);
-            for y in 0..h {
-                for x in 0..w {
-                    let v = if on[(y / scale) * gw + x / scale] {
-                        255
-                    } else {
-                        24
-                    };
-                    rgb.extend([v, v, v]);
-                }
-            }
-            let file = dir.join(format!("step_{step:03}_{}.png", m.stack));
-            write_atomic(
-                &file,
-                &png_bytes(
-                    w,
-                    h,
-                    &rgb,
-                    &format!("kept tokens of {} at step {step}", m.stack),
-                )?,
-            )?;
-        }
-    }
-    Ok(())
+    Ok(Generated {
+        info,
+        image: Rgb8 {
+            width: a.width,
+            height: a.height,
+            pixels: rgb,
+        },
+    })
 }

@@ -10,6 +10,8 @@ pub mod bench_ops;
 pub mod flops;
 pub mod generate;
 pub mod unet_eval;
+#[cfg(feature = "viewer")]
+pub mod view;
 
 /// Adapter selection flags shared by every subcommand that uses the GPU.
 #[derive(Args, Clone, Debug, Default)]
@@ -63,6 +65,17 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// One UNet forward on inputs from a safetensors file (compare with diffusers).
     UnetEval(unet_eval::UNetEvalArgs),
+    /// Token masks per step and layer in a window: saved runs (`view DIR [DIR]`) or a live
+    /// generation (`view live <generate options>`).
+    #[cfg(feature = "viewer")]
+    View(view::ViewArgs),
+    /// (Not in this build: the viewer needs the `viewer` cargo feature.)
+    #[cfg(not(feature = "viewer"))]
+    #[command(hide = true)]
+    View {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Runs the parsed command line.
@@ -87,5 +100,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Flops(args) => flops::run(&args),
         Command::Generate(args) => generate::run(&cli.gpu.context()?, &args),
         Command::UnetEval(args) => unet_eval::run(&cli.gpu.context()?, &args),
+        #[cfg(feature = "viewer")]
+        Command::View(args) => view::run(&cli.gpu, args),
+        #[cfg(not(feature = "viewer"))]
+        Command::View { .. } => Err(crate::error::Error::Invalid(
+            "this atedm was built without the viewer; build it with `cargo build --release --features viewer`".into(),
+        )),
     }
 }

@@ -79,8 +79,14 @@ pub struct GenerateRequest {
     /// AT-EDM pruning inside the UNet (default: none); DSAP follows the step index.
     pub prune: PruneSettings,
     /// Keep every pruned stack's kept tokens and G-WPR scores of every step in the output
-    /// (downloaded after the loop, not inside it).
+    /// (downloaded after the loop, not inside it, unless `record_latents` is on).
     pub record_masks: bool,
+    /// Download, after every step, the latents and the step's prediction of the clean latents
+    /// (for previews), and with `record_masks` that step's masks, and hand them to the step
+    /// callback of [`SdxlPipeline::generate_with`]. Fills [`GenerateOutput::step_latents`] and
+    /// [`GenerateOutput::step_denoised`]. Costs one small readback (a wait for the GPU) per step;
+    /// off, the step loop has no readback.
+    pub record_latents: bool,
 }
 
 impl Default for GenerateRequest {
@@ -98,6 +104,7 @@ impl Default for GenerateRequest {
             latents: None,
             prune: PruneSettings::default(),
             record_masks: false,
+            record_latents: false,
         }
     }
 }
@@ -125,6 +132,35 @@ pub struct GenerateOutput {
     pub height: usize,
     /// With `record_masks`: per step, per pruned stack.
     pub masks: Vec<StepMask>,
+    /// Wall time of each denoising step in ms, from recording its first op to the end of the
+    /// step. With `record_latents` the step ends with a readback, so this is the GPU time of the
+    /// step plus that (small) readback; without, it is recording and submission only (the GPU
+    /// may still be running the step).
+    pub step_ms: Vec<f64>,
+    /// With `record_latents`: the latents after each step, each of shape `latent_shape`.
+    pub step_latents: Vec<Vec<f32>>,
+    /// With `record_latents`: each step's prediction of the clean latents,
+    /// `x0 = x_i - sigma_i * eps` (what previews show; the last one is the final latents).
+    pub step_denoised: Vec<Vec<f32>>,
+}
+
+/// What the step callback of [`SdxlPipeline::generate_with`] sees after each denoising step.
+#[derive(Clone, Copy, Debug)]
+pub struct StepUpdate<'a> {
+    /// Index of the finished step (0-based).
+    pub step: usize,
+    pub steps: usize,
+    /// Wall time of the step (see [`GenerateOutput::step_ms`]).
+    pub ms: f64,
+    /// With `record_latents`: the latents after the step, of shape `latent_shape`.
+    pub latents: Option<&'a [f32]>,
+    /// With `record_latents`: the step's prediction of the clean latents.
+    pub denoised: Option<&'a [f32]>,
+    /// With `record_latents` and `record_masks`: this step's masks (empty otherwise; then the
+    /// masks are downloaded after the loop into [`GenerateOutput::masks`]).
+    pub masks: &'a [StepMask],
+    /// `[1, 4, H/8, W/8]`.
+    pub latent_shape: [usize; 4],
 }
 
 /// The pruning decisions of one stack at one step (host copies).
@@ -557,6 +593,17 @@ impl SdxlPipeline {
         req: &GenerateRequest,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<GenerateOutput> {
+        self.generate_with(ctx, req, |u| progress(u.step + 1, u.steps))
+    }
+
+    /// Generates one image, calling `on_step` after every denoising step with the step's time
+    /// and, with [`GenerateRequest::record_latents`], its latents, prediction and masks.
+    pub fn generate_with(
+        &self,
+        ctx: &GpuContext,
+        req: &GenerateRequest,
+        mut on_step: impl FnMut(&StepUpdate<'_>),
+    ) -> Result<GenerateOutput> {
         self.check_request(req)?;
         let down = self.vae.config.upsampling();
         let (lh, lw) = (req.height / down, req.width / down);
@@ -611,7 +658,12 @@ impl SdxlPipeline {
             .collect();
         let mut x = Tensor::from_f32(ctx, &init, &latent_shape, self.dtype)?;
         let mut recorded = Vec::new();
+        let mut masks = Vec::new();
+        let mut step_ms = Vec::with_capacity(req.steps);
+        let mut step_latents = Vec::new();
+        let mut step_denoised = Vec::new();
         for i in 0..req.steps {
+            let t0 = std::time::Instant::now();
             let xin = if cfg {
                 layout::concat(ctx, &[&x, &x], 0)?
             } else {
@@ -641,6 +693,19 @@ impl SdxlPipeline {
             } else {
                 eps
             };
+            let denoised = if req.record_latents {
+                let x0 = elementwise::binary(
+                    ctx,
+                    &x,
+                    &eps,
+                    elementwise::BinaryOp::Add {
+                        alpha: -schedule.sigmas[i],
+                    },
+                )?;
+                Some(x0)
+            } else {
+                None
+            };
             x = elementwise::binary(
                 ctx,
                 &x,
@@ -650,7 +715,23 @@ impl SdxlPipeline {
                 },
             )?;
             ctx.flush()?;
-            progress(i + 1, req.steps);
+            let first_mask = masks.len();
+            if let Some(x0) = denoised {
+                step_denoised.push(x0.to_f32_vec(ctx)?);
+                step_latents.push(x.to_f32_vec(ctx)?);
+                masks.extend(download_masks(ctx, std::mem::take(&mut recorded))?);
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            step_ms.push(ms);
+            on_step(&StepUpdate {
+                step: i,
+                steps: req.steps,
+                ms,
+                latents: step_latents.last().map(|v| v.as_slice()),
+                denoised: step_denoised.last().map(|v| v.as_slice()),
+                masks: &masks[first_mask..],
+                latent_shape,
+            });
         }
         let latents_final = x.to_f32_vec(ctx)?;
         if let Some(i) = latents_final.iter().position(|v| !v.is_finite()) {
@@ -668,20 +749,7 @@ impl SdxlPipeline {
                 "the VAE decoder produced a non-finite value at index {i} (with an f16 VAE, use --vae-dtype f32)"
             )));
         }
-        let masks = recorded
-            .into_iter()
-            .map(|(step, stack, r)| {
-                let (ks, ss) = (r.kept.shape(), r.scores.shape());
-                Ok(StepMask {
-                    step,
-                    stack,
-                    kept_shape: [ks[0], ks[1]],
-                    kept: r.kept.to_u32_vec(ctx)?,
-                    scores_shape: [ss[0], ss[1]],
-                    scores: r.scores.to_f32_vec(ctx)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        masks.extend(download_masks(ctx, recorded)?);
         Ok(GenerateOutput {
             embeds,
             latents_final,
@@ -690,8 +758,32 @@ impl SdxlPipeline {
             width: req.width,
             height: req.height,
             masks,
+            step_ms,
+            step_latents,
+            step_denoised,
         })
     }
+}
+
+/// Host copies of recorded masks (one readback per tensor).
+fn download_masks(
+    ctx: &GpuContext,
+    recorded: Vec<(usize, String, crate::model::unet::StackRecord)>,
+) -> Result<Vec<StepMask>> {
+    recorded
+        .into_iter()
+        .map(|(step, stack, r)| {
+            let (ks, ss) = (r.kept.shape(), r.scores.shape());
+            Ok(StepMask {
+                step,
+                stack,
+                kept_shape: [ks[0], ks[1]],
+                kept: r.kept.to_u32_vec(ctx)?,
+                scores_shape: [ss[0], ss[1]],
+                scores: r.scores.to_f32_vec(ctx)?,
+            })
+        })
+        .collect()
 }
 
 fn check_finite(ctx: &GpuContext, stage: &str, t: &Tensor) -> Result<()> {

@@ -162,6 +162,7 @@ pub fn pipeline_request(
         latents: Some(refs["latents"].1.clone()),
         prune: Default::default(),
         record_masks: false,
+        record_latents: false,
     };
     (req, refs, meta)
 }

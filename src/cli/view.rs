@@ -1,0 +1,100 @@
+//! `atedm view`: the egui viewer of token masks per step and layer (feature `viewer`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::cli::generate::GenerateArgs;
+use crate::cli::GpuArgs;
+use crate::error::{Error, Result};
+use crate::pipeline::dump::RunData;
+use crate::viewer::live::{spawn, LiveRun};
+use crate::viewer::ViewerApp;
+
+#[derive(Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ViewArgs {
+    /// One or two folders written by `atedm generate --dump-masks` (two: side by side, e.g.
+    /// a full and a pruned run). A folder named `live` must be written `./live`.
+    pub dirs: Vec<PathBuf>,
+    #[command(subcommand)]
+    pub live: Option<LiveCommand>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum LiveCommand {
+    /// Run a generation (the options of `atedm generate`) and show it as it runs.
+    Live(LiveArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LiveArgs {
+    /// A saved run (`generate --dump-masks` folder) to show next to the live one.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    #[command(flatten)]
+    pub generate: GenerateArgs,
+}
+
+/// Loads the dump folders to show (one or two).
+pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<RunData>> {
+    if dirs.len() > 2 {
+        return Err(Error::Invalid(format!(
+            "atedm view shows one or two saved runs side by side; got {} folders",
+            dirs.len()
+        )));
+    }
+    dirs.iter().map(|d| RunData::load(d)).collect()
+}
+
+pub fn run(gpu: &GpuArgs, a: ViewArgs) -> Result<()> {
+    let (runs, live) = match a.live {
+        Some(LiveCommand::Live(l)) => {
+            let runs = load_runs(l.compare.as_slice())?;
+            let g = &l.generate;
+            // Refuse what `generate` would refuse before opening a window.
+            if g.output.exists() && !g.overwrite {
+                return Err(Error::Invalid(format!(
+                    "{} exists; pass --overwrite to replace it",
+                    g.output.display()
+                )));
+            }
+            (runs, Some(l.generate))
+        }
+        None => {
+            if a.dirs.is_empty() {
+                return Err(Error::Invalid(
+                    "atedm view needs one or two folders written by `atedm generate --dump-masks`, or `atedm view live <generate options>`".into(),
+                ));
+            }
+            (load_runs(&a.dirs)?, None)
+        }
+    };
+    let title = match (&live, runs.as_slice()) {
+        (Some(g), _) => format!("atedm view: live, {}", g.model.display()),
+        (None, r) => format!(
+            "atedm view: {}",
+            r.iter().map(RunData::label).collect::<Vec<_>>().join(" | ")
+        ),
+    };
+    let options = eframe::NativeOptions {
+        viewport: eframe::egui::ViewportBuilder::default()
+            .with_inner_size([1400.0, 900.0])
+            .with_title(title.clone()),
+        ..Default::default()
+    };
+    let gpu = gpu.clone();
+    eframe::run_native(
+        &title,
+        options,
+        Box::new(move |cc| {
+            let live = live.map(|args| {
+                let ctx = cc.egui_ctx.clone();
+                let (rx, worker) = spawn(args, gpu, move || ctx.request_repaint());
+                LiveRun::new(rx, worker)
+            });
+            Ok(Box::new(ViewerApp::new(runs, live)))
+        }),
+    )
+    .map_err(|e| Error::Invalid(format!("could not open the viewer window: {e}")))
+}

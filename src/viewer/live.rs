@@ -1,0 +1,164 @@
+//! Live mode: a generation on a worker thread with its own engine `GpuContext`, reporting each
+//! step over a channel. The UI thread only ever polls the channel ([`LiveRun::poll`]).
+
+use std::sync::mpsc::{channel, Receiver, TryRecvError};
+use std::thread::JoinHandle;
+
+use crate::cli::generate::{run_observed, GenerateArgs, GenerateEvent};
+use crate::cli::GpuArgs;
+use crate::pipeline::dump::{Rgb8, RunData, RunInfo, StepData};
+
+/// A message from the worker.
+#[derive(Debug)]
+pub enum LiveMsg {
+    /// The pipeline is loaded; the run is described.
+    Started(Box<RunInfo>),
+    /// A step finished (its latents and masks, downloaded right after it).
+    Step {
+        step: usize,
+        ms: f64,
+        data: StepData,
+    },
+    /// The image is decoded (and written, as `generate` does).
+    Done { info: Box<RunInfo>, image: Rgb8 },
+    /// The generation failed.
+    Failed(String),
+}
+
+/// Where a live run stands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LiveStatus {
+    Loading,
+    Running { done: usize, steps: usize },
+    Done,
+    Failed(String),
+}
+
+/// Starts `atedm generate` with `args` on a worker thread (its own GPU context from `gpu`).
+/// `wake` is called after every message (the UI requests a repaint there).
+pub fn spawn(
+    args: GenerateArgs,
+    gpu: GpuArgs,
+    wake: impl Fn() + Send + 'static,
+) -> (Receiver<LiveMsg>, JoinHandle<()>) {
+    let (tx, rx) = channel();
+    let handle = std::thread::Builder::new()
+        .name("atedm-live".into())
+        .spawn(move || {
+            let send = |m: LiveMsg| {
+                // The UI may be gone (window closed): nothing left to tell.
+                let _ = tx.send(m);
+                wake();
+            };
+            let result = gpu.context().and_then(|ctx| {
+                run_observed(&ctx, &args, true, |ev| match ev {
+                    GenerateEvent::Started(info) => send(LiveMsg::Started(Box::new(info.clone()))),
+                    GenerateEvent::Step(u) => send(LiveMsg::Step {
+                        step: u.step,
+                        ms: u.ms,
+                        data: StepData {
+                            latents: u.latents.map(<[f32]>::to_vec),
+                            denoised: u.denoised.map(<[f32]>::to_vec),
+                            masks: u.masks.to_vec(),
+                        },
+                    }),
+                })
+            });
+            match result {
+                Ok(g) => send(LiveMsg::Done {
+                    info: Box::new(g.info),
+                    image: g.image,
+                }),
+                Err(e) => send(LiveMsg::Failed(e.to_string())),
+            }
+        })
+        .expect("spawning the generation thread");
+    (rx, handle)
+}
+
+/// The UI side of a live generation.
+pub struct LiveRun {
+    rx: Receiver<LiveMsg>,
+    _worker: JoinHandle<()>,
+    pub status: LiveStatus,
+    /// The run so far (`None` until the pipeline is loaded).
+    pub run: Option<RunData>,
+}
+
+impl LiveRun {
+    pub fn new(rx: Receiver<LiveMsg>, worker: JoinHandle<()>) -> Self {
+        LiveRun {
+            rx,
+            _worker: worker,
+            status: LiveStatus::Loading,
+            run: None,
+        }
+    }
+
+    /// Applies every message waiting, without blocking; returns whether anything changed.
+    pub fn poll(&mut self) -> bool {
+        let mut changed = false;
+        loop {
+            match self.rx.try_recv() {
+                Ok(m) => {
+                    self.apply(m);
+                    changed = true;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if matches!(
+                        self.status,
+                        LiveStatus::Loading | LiveStatus::Running { .. }
+                    ) {
+                        self.status =
+                            LiveStatus::Failed("the generation thread stopped unexpectedly".into());
+                        changed = true;
+                    }
+                    break;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Applies one message.
+    pub fn apply(&mut self, m: LiveMsg) {
+        match m {
+            LiveMsg::Started(info) => {
+                self.status = LiveStatus::Running {
+                    done: 0,
+                    steps: info.steps,
+                };
+                self.run = Some(RunData::live(*info));
+            }
+            LiveMsg::Step { step, ms, data } => {
+                if let Some(run) = &mut self.run {
+                    if run.steps.len() == step {
+                        run.steps.push(data);
+                        run.info.step_ms.push(ms);
+                    }
+                    self.status = LiveStatus::Running {
+                        done: run.steps.len(),
+                        steps: run.info.steps,
+                    };
+                }
+            }
+            LiveMsg::Done { info, image } => {
+                if let Some(run) = &mut self.run {
+                    run.info = *info;
+                    run.image = Some(image);
+                }
+                self.status = LiveStatus::Done;
+            }
+            LiveMsg::Failed(e) => self.status = LiveStatus::Failed(e),
+        }
+    }
+
+    /// Whether more steps will come.
+    pub fn growing(&self) -> bool {
+        matches!(
+            self.status,
+            LiveStatus::Loading | LiveStatus::Running { .. }
+        )
+    }
+}
