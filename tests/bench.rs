@@ -34,6 +34,7 @@ fn args(json: Option<std::path::PathBuf>) -> BenchArgs {
         variants: vec![Variant::Full, Variant::Atedm, Variant::Tome],
         profile: true,
         json,
+        plan_memory: false,
         prune: PruneArgs::default(),
     }
 }
@@ -204,5 +205,34 @@ fn the_map_pass_counts_as_pruning_overhead_with_either_kernel() {
             "{kernel:?}"
         );
         assert!(p.by_category().iter().any(|c| c.name == "attention map"));
+    }
+}
+
+/// `bench --plan-memory`: SD-XL at 1024 px, batch 2, f16, every variant's step planned (nothing
+/// runs): issue 7's memory target is at most 8 GB including the weights.
+#[test]
+fn bench_plans_sdxl_1024_memory_under_8_gb() {
+    use atedm::cli::bench::plan_memory;
+    if !ctx().supports_f16() {
+        eprintln!("skipped: the adapter has no f16");
+        return;
+    }
+    let a = BenchArgs {
+        synthetic: Some("sdxl".into()),
+        width: Some(1024),
+        height: Some(1024),
+        dtype: Some(DType::F16),
+        plan_memory: true,
+        ..args(None)
+    };
+    let plans = plan_memory(ctx(), &a).unwrap();
+    assert_eq!(plans.len(), 3);
+    for p in &plans {
+        // Weights: 2 bytes for each of SD-XL's 2,567,463,684 UNet parameters, plus at most
+        // 12.5% size-class padding.
+        let exact = 2 * 2_567_463_684u64;
+        assert!(p.weights_bytes >= exact && p.weights_bytes <= exact + exact / 8);
+        assert!(p.peak_bytes > p.weights_bytes, "{p:?}");
+        assert!(p.peak_bytes <= 8_000_000_000, "{p:?}");
     }
 }

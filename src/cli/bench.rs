@@ -79,8 +79,22 @@ pub struct BenchArgs {
     /// Also write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Report each variant's peak GPU memory for one step from the allocation plan, without
+    /// running anything (for sizes too slow to run on this adapter, e.g. 1024 px on lavapipe).
+    #[arg(long)]
+    pub plan_memory: bool,
     #[command(flatten)]
     pub prune: PruneArgs,
+}
+
+/// Peak GPU memory of one variant's step, from the allocation plan.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PlannedMemory {
+    pub name: String,
+    pub settings: String,
+    /// Highest pool footprint (weights, inputs, activations, free lists) during the step.
+    pub peak_bytes: u64,
+    pub weights_bytes: u64,
 }
 
 /// Latency statistics of one variant, per UNet step.
@@ -225,7 +239,110 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// `bench --plan-memory`: every variant's step (the late one, and with DSAP the early one too)
+/// run in a planning context: the same code path and allocations as a real run, counted by the
+/// pool, with no kernel run and no memory allocated.
+pub fn plan_memory(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<PlannedMemory>> {
+    let plan = GpuContext::new(&crate::gpu::ContextOptions {
+        backend: Some(ctx.adapter().backend.to_lowercase()),
+        adapter: Some(ctx.adapter().name.clone()),
+        plan_only: true,
+    })?;
+    let dtype = resolve_dtype(ctx, a.dtype)?;
+    let default_size = if ctx.is_cpu_adapter() { 256 } else { 1024 };
+    let (width, height) = (
+        a.width.unwrap_or(default_size),
+        a.height.or(a.width).unwrap_or(default_size),
+    );
+    let cfg = match (&a.model, a.synthetic.as_deref()) {
+        (Some(m), _) => unet_config(m, a.config.as_deref())?,
+        (None, None | Some("sdxl")) => UNetConfig::sdxl_base(),
+        (None, Some(p)) => {
+            let p = PathBuf::from(p);
+            if p.is_file() {
+                UNetConfig::from_file(&p)?
+            } else {
+                unet_config(&p, None)?
+            }
+        }
+    };
+    let m = 8 * cfg.downsampling();
+    if a.batch == 0 || width == 0 || height == 0 || width % m != 0 || height % m != 0 {
+        return Err(Error::Invalid(format!(
+            "--batch must be at least 1 and the image size {width}x{height} a positive multiple of {m}"
+        )));
+    }
+    let (lh, lw) = (height / 8, width / 8);
+    let unet = UNet2DConditionModel::planned(&plan, &cfg, dtype)?;
+    let weights_bytes = plan.pool_stats().live_bytes;
+    let b = a.batch;
+    let z = |s: &[usize]| crate::tensor::Tensor::zeros(&plan, s, dtype);
+    let (sample, context, text) = (
+        z(&[b, cfg.in_channels, lh, lw])?,
+        z(&[b, 77, cfg.cross_attention_dim])?,
+        z(&[b, cfg.text_embeds_dim()])?,
+    );
+    let (hf, wf) = (height as f32, width as f32);
+    let time_ids: Vec<f32> = (0..b).flat_map(|_| [hf, wf, 0.0, 0.0, hf, wf]).collect();
+    let mut out = Vec::new();
+    for (variant, settings) in variant_settings(a, &cfg, lh, lw)? {
+        plan.reset_peak_memory();
+        let mut steps = vec![a.steps - 1];
+        if settings.early_steps(a.steps) > 0 {
+            steps.push(0);
+        }
+        for step in steps {
+            let x = UNetInputs {
+                sample: &sample,
+                timesteps: &[500.0],
+                encoder_hidden_states: &context,
+                text_embeds: &text,
+                time_ids: &time_ids,
+            };
+            let prune = PruneStep {
+                settings,
+                step,
+                steps: a.steps,
+            };
+            drop(unet.forward_pruned(&plan, &x, &prune)?);
+        }
+        out.push(PlannedMemory {
+            name: format!("{variant:?}"),
+            settings: describe_prune(&settings, None),
+            peak_bytes: plan.pool_stats().peak_bytes,
+            weights_bytes,
+        });
+    }
+    let gib = |v: u64| v as f64 / (1u64 << 30) as f64;
+    println!(
+        "planned peak GPU memory of one UNet step, {width}x{height}, batch {b}, {dtype} (allocation plan: nothing run or allocated)"
+    );
+    println!("{:<8} {:>10} {:>12}", "variant", "peak GiB", "weights GiB");
+    for p in &out {
+        println!(
+            "{:<8} {:>10.3} {:>12.3}",
+            p.name,
+            gib(p.peak_bytes),
+            gib(p.weights_bytes)
+        );
+    }
+    if let Some(path) = &a.json {
+        let doc = serde_json::json!({
+            "width": width, "height": height, "batch": b, "dtype": dtype.to_string(),
+            "planned_memory": out,
+        });
+        let text = serde_json::to_string_pretty(&doc)
+            .map_err(|e| Error::Invalid(format!("encoding the results: {e}")))?;
+        write_atomic(path, text.as_bytes())?;
+    }
+    Ok(out)
+}
+
 pub fn run(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<VariantResult>> {
+    if a.plan_memory {
+        plan_memory(ctx, a)?;
+        return Ok(Vec::new());
+    }
     if a.reps == 0 || a.batch == 0 || a.steps == 0 {
         return Err(Error::Invalid(
             "--reps, --batch and --steps must be at least 1".into(),
