@@ -9,8 +9,19 @@ Usage (from anywhere; the system python3 creates/uses tools/.venv like the fixtu
 Everything (dataset, held-back captions, initialisation, batches, noise) follows fixed seeds
 and fixed step counts, so a rerun retrains the same model up to floating-point reduction
 order.  The defaults are the settings of the shipped run (see `<out>/atedm_demo.json`,
-"training", for its measured step counts, wall times and losses); on the 2-core build machine
-the whole run took about 70 minutes (VAE ~8 min, pool encoding ~1 min, UNet ~60 min).
+"training", for its measured step counts, wall times and losses).
+
+Retraining: `python3 tools/train_demo.py --out /work/demo-model` (then copy the folder where
+the engine expects it).  On the 2-core build machine, sharing the cores with a Rust build, it
+takes about 70 minutes: VAE 450 steps 6.6 min, pool encoding (6276 images) 3 min, decoder
+fine-tune 200 steps 7.4 min, UNet 1900 steps at batch 32 49 min (0.65 steps/s on average,
+0.4-0.75), save + samples + held-back check ~3 min.  Keep OMP_WAIT_POLICY=PASSIVE (set
+below) when the cores are shared: with spin-waiting, 2 threads ran ~10x slower than 1.
+The shipped run itself was started with --unet-steps 2400 and, running late, resumed from its
+step-1111 checkpoint with --unet-steps 1900 (so its lr curve differs from a fresh 1900-step
+run between steps 1111 and 1900), and the decoder fine-tune was added afterwards in a third
+start (--resume; it only changes the decoder, so the pool and the UNet stay valid);
+atedm_demo.json "training.note" records this.
 
 What it does
   1. Trains the VAE (AutoencoderKL, 4 levels = /8, 4 latent channels) on rendered images
@@ -20,6 +31,8 @@ What it does
      with the two frozen, randomly initialised CLIP text encoders exactly as
      StableDiffusionXLPipeline.encode_prompt does (hidden_states[-2] of both, concatenated;
      pooled = text_encoder_2's projected output).
+  2b. Fine-tunes only the VAE decoder (encoder frozen, so the pool stays valid): after the
+     joint VAE run red decoded as brown, green as yellow-green, magenta as violet.
   3. Trains the UNet (epsilon prediction, DDPM scaled_linear betas 0.00085..0.012, 1000
      steps, min-SNR-5 loss weights, 10% caption dropout with ALL-ZERO prompt and pooled
      embeddings = what the pipeline feeds for an empty negative prompt with
@@ -466,6 +479,56 @@ def train_vae(args, log, work):
     return vae, record
 
 
+def finetune_decoder(args, log, work, vae):
+    """Fine-tune post_quant_conv + decoder with the encoder frozen (the latents, the pool and
+    the UNet stay valid): the joint VAE run leaves clear colour shifts (red -> brown,
+    green -> yellow-green, magenta -> violet)."""
+    final = os.path.join(work, "vae_dec_final.pt")
+    if args.resume and os.path.exists(final):
+        st = torch.load(final)
+        vae.load_state_dict(st["vae"])
+        log(f"[dec] loaded fine-tuned decoder from {final}")
+        return st["record"]
+    if args.vae_dec_steps <= 0:
+        return None
+    params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=args.vae_dec_lr, weight_decay=0.0)
+    eval_rng = random.Random(args.seed + 7)
+    eval_x = render_batch([random_scene(eval_rng) for _ in range(32)])
+    t0 = time.time()
+    avg = None
+    vae.decoder.train()
+    for step in range(args.vae_dec_steps):
+        rng = random.Random(args.seed * 104729 + step)
+        x = render_batch([random_scene(rng) for _ in range(args.vae_dec_batch)])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=step_gen(args.seed + 5, step))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.vae_dec_steps, args.vae_dec_lr, 20)
+        rec = vae.decode(z).sample
+        loss = F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        avg = loss.item() if avg is None else 0.95 * avg + 0.05 * loss.item()
+        if step % 25 == 0 or step == args.vae_dec_steps - 1:
+            log(f"[dec] step {step} mse {loss.item():.5f} (avg {avg:.5f}) "
+                f"elapsed {time.time() - t0:.0f}s")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(eval_x).latent_dist.mode()).sample
+    record = {"steps": args.vae_dec_steps, "batch": args.vae_dec_batch, "lr": args.vae_dec_lr,
+              "wall_s": round(time.time() - t0, 1), "final_mse_avg": avg,
+              "eval_psnr_db": round(psnr01(rec, eval_x), 2)}
+    log(f"[dec] done: {record}")
+    atomic_save({"vae": vae.state_dict(), "record": record}, final)
+    return record
+
+
 # ---------------------------------------------------------------------------
 # Phase 2: encoded pool
 # ---------------------------------------------------------------------------
@@ -812,8 +875,11 @@ def main():
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-5)
     ap.add_argument("--vae-bf16", type=int, default=0)
+    ap.add_argument("--vae-dec-steps", type=int, default=200)
+    ap.add_argument("--vae-dec-batch", type=int, default=8)
+    ap.add_argument("--vae-dec-lr", type=float, default=5e-4)
     ap.add_argument("--pool-pairs", type=int, default=6000)
-    ap.add_argument("--unet-steps", type=int, default=2400)
+    ap.add_argument("--unet-steps", type=int, default=1900)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
@@ -825,6 +891,7 @@ def main():
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--ckpt-every", type=float, default=600.0, help="seconds")
+    ap.add_argument("--note", default="", help="free text stored in atedm_demo.json")
     args = ap.parse_args()
     args.out = os.path.abspath(args.out)
     work = os.path.abspath(args.work or args.out + "-work")
@@ -850,6 +917,7 @@ def main():
     vae, vae_rec = train_vae(args, log, work)
     vae.eval().requires_grad_(False)
     pool = build_pool(args, log, work, vae, pipe_text)
+    dec_rec = finetune_decoder(args, log, work, vae)
     VAE_CONFIG["scaling_factor"] = round(pool["scaling_factor"], 5)
     unet, unet_rec = train_unet(args, log, work, pool)
 
@@ -876,7 +944,7 @@ def main():
     spec["training"] = {
         "command": "python3 tools/train_demo.py " + " ".join(sys.argv[1:]),
         "hyperparameters": {k: v for k, v in vars(args).items()
-                            if k not in ("out", "work", "samples", "resume", "probe")},
+                            if k not in ("out", "work", "samples", "resume", "probe", "note")},
         "unet_objective": "epsilon prediction, DDPM scaled_linear betas 0.00085..0.012, 1000 "
                           "train timesteps, t uniform; loss = mse * min(SNR, min_snr)/SNR; "
                           "AdamW(0.9, 0.99), linear warm-up then cosine to 5% of lr, grad clip "
@@ -888,8 +956,10 @@ def main():
                  "two_shape_images": len(pool["captions"]) - pool["n_single"],
                  "latent_stats": pool["latent_stats"]},
         "vae": vae_rec,
+        "vae_decoder_finetune": dec_rec,
         "unet": unet_rec,
         "host": f"{os.cpu_count()} CPU cores, torch threads {args.threads}",
+        "note": args.note,
     }
     spec_path = os.path.join(args.out, "atedm_demo.json")
     with open(spec_path, "w") as f:
