@@ -32,8 +32,6 @@ venv_bootstrap.ensure(__file__)
 # ---------------------------------------------------------------------------
 
 import copy  # noqa: E402
-import gzip  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
@@ -60,6 +58,7 @@ from transformers import (  # noqa: E402
 
 sys.path.insert(0, HERE)
 from make_unet_fixtures import SDXL_COMMON, to_single_file as unet_to_single_file  # noqa: E402
+from clip_vocab import clip_vocab_files, write_tokenizer_folder  # noqa: E402
 
 warnings.filterwarnings("ignore")
 diffusers.utils.logging.set_verbosity_error()
@@ -140,61 +139,6 @@ RUNS = [
     dict(name="empty_negative", negative_prompt=None, guidance_rescale=0.0),
     dict(name="rescale", negative_prompt=NEGATIVE, guidance_rescale=0.7),
 ]
-
-# ---------------------------------------------------------------------------
-# Tokenizer files from the OpenAI CLIP BPE file (bpe_simple_vocab_16e6.txt.gz)
-# ---------------------------------------------------------------------------
-N_MERGES = 49152 - 256 - 2  # 48894, as in CLIP's SimpleTokenizer
-
-
-def _bpe_gz_path():
-    spec = importlib.util.find_spec("open_clip")  # the package itself fails to import (no deps)
-    assert spec is not None and spec.submodule_search_locations, "open_clip_torch is not installed"
-    return os.path.join(list(spec.submodule_search_locations)[0], "bpe_simple_vocab_16e6.txt.gz")
-
-
-def _bytes_to_unicode():
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def clip_vocab_files():
-    """(vocab.json text, merges.txt text), laid out like openai/clip-vit-large-patch14."""
-    with gzip.open(_bpe_gz_path()) as f:
-        lines = f.read().decode("utf-8").split("\n")
-    merges = lines[1:N_MERGES + 1]
-    assert len(merges) == N_MERGES
-    vocab = list(_bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab]
-    vocab += ["".join(m.split(" ")) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    assert len(vocab) == 49408 and len(set(vocab)) == 49408
-    vocab_json = json.dumps({v: i for i, v in enumerate(vocab)}, ensure_ascii=False,
-                            separators=(",", ":"))
-    merges_txt = "#version: 0.2\n" + "\n".join(merges) + "\n"
-    return vocab_json, merges_txt
-
-
-def write_tokenizer_folder(tok, folder, vocab_json, merges_txt):
-    """tokenizer_config.json from save_pretrained, plus vocab.json + merges.txt (the layout of
-    the real SD-XL repo) instead of the 3.6 MB tokenizer.json transformers 5 writes."""
-    tok.save_pretrained(folder)
-    for fn in os.listdir(folder):
-        if fn != "tokenizer_config.json":
-            os.remove(os.path.join(folder, fn))
-    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8", newline="\n") as f:
-        f.write(vocab_json)
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8", newline="\n") as f:
-        f.write(merges_txt)
-
 
 # ---------------------------------------------------------------------------
 # Weights
