@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod gpu;
 pub mod io;
 pub mod model;

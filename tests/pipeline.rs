@@ -95,7 +95,7 @@ fn read_png(path: &Path) -> (Vec<u8>, String) {
 fn cli_args(out: &Path) -> atedm::cli::generate::GenerateArgs {
     let (req, _, _) = pipeline_request("cfg");
     atedm::cli::generate::GenerateArgs {
-        model: fixture("sdxl-tiny"),
+        model: Some(fixture("sdxl-tiny")),
         config: None,
         prompt: req.prompt,
         negative_prompt: req.negative_prompt,
@@ -103,8 +103,8 @@ fn cli_args(out: &Path) -> atedm::cli::generate::GenerateArgs {
         guidance: req.guidance,
         guidance_rescale: 0.0,
         seed: 7,
-        width: req.width,
-        height: req.height,
+        width: Some(req.width),
+        height: Some(req.height),
         dtype: DType::F32,
         vae_dtype: None,
         output: out.to_path_buf(),
@@ -182,7 +182,7 @@ fn bad_requests_are_clear_errors_without_output() {
     };
     check(
         atedm::cli::generate::GenerateArgs {
-            width: 100,
+            width: Some(100),
             latents: None,
             ..cli_args(&out)
         },
@@ -206,7 +206,7 @@ fn bad_requests_are_clear_errors_without_output() {
     let unet_only = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet/tiny-a");
     check(
         atedm::cli::generate::GenerateArgs {
-            model: unet_only,
+            model: Some(unet_only),
             ..cli_args(&out)
         },
         "model_index.json",
@@ -220,7 +220,7 @@ fn bad_requests_are_clear_errors_without_output() {
     .unwrap();
     check(
         atedm::cli::generate::GenerateArgs {
-            model: partial,
+            model: Some(partial),
             ..cli_args(&out)
         },
         "missing model part 'tokenizer/'",

@@ -246,7 +246,7 @@ fn generate_cli_takes_a_single_file_with_config() {
     std::fs::create_dir_all(&dir).unwrap();
     let inter = dir.join("inter.safetensors");
     let args = atedm::cli::generate::GenerateArgs {
-        model: single(),
+        model: Some(single()),
         config: Some(fixture("sdxl-tiny")),
         prompt: req.prompt,
         negative_prompt: req.negative_prompt,
@@ -254,8 +254,8 @@ fn generate_cli_takes_a_single_file_with_config() {
         guidance: req.guidance,
         guidance_rescale: 0.0,
         seed: 7,
-        width: req.width,
-        height: req.height,
+        width: Some(req.width),
+        height: Some(req.height),
         dtype: DType::F32,
         vae_dtype: None,
         output: dir.join("out.png"),

@@ -29,7 +29,7 @@ fn fixture(p: &str) -> PathBuf {
 fn args(out: &Path, dump: Option<PathBuf>, prune: PruneArgs) -> GenerateArgs {
     let (req, _, _) = pipeline_request("cfg");
     GenerateArgs {
-        model: fixture("sdxl-tiny"),
+        model: Some(fixture("sdxl-tiny")),
         config: None,
         prompt: req.prompt,
         negative_prompt: req.negative_prompt,
@@ -37,8 +37,8 @@ fn args(out: &Path, dump: Option<PathBuf>, prune: PruneArgs) -> GenerateArgs {
         guidance: req.guidance,
         guidance_rescale: 0.0,
         seed: 7,
-        width: req.width,
-        height: req.height,
+        width: Some(req.width),
+        height: Some(req.height),
         dtype: DType::F32,
         vae_dtype: None,
         output: out.to_path_buf(),
@@ -424,4 +424,41 @@ fn bad_input_gives_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("not a folder"), "{e}");
+}
+
+/// `atedm view --screenshot`: the same UI rendered offscreen to a PNG (no window), at a chosen
+/// step; a step past the runs and a bad size are errors.
+#[test]
+fn view_screenshot_writes_a_png() {
+    use atedm::cli::view::{run as view, ViewArgs};
+    use atedm::cli::GpuArgs;
+    let (pruned_dir, full_dir) = saved();
+    let out = work_dir().join("shot.png");
+    let a = |step: Option<usize>, size: &str| ViewArgs {
+        dirs: vec![pruned_dir.clone(), full_dir.clone()],
+        screenshot: Some(out.clone()),
+        step,
+        size: size.into(),
+        live: None,
+    };
+    let _ = std::fs::remove_file(&out);
+    view(&GpuArgs::default(), a(Some(1), "640x480")).unwrap();
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (640, 480));
+    let px: Vec<[u8; 3]> = buf[..info.buffer_size()]
+        .chunks_exact(4)
+        .map(|p| [p[0], p[1], p[2]])
+        .collect();
+    assert!(luma_std(&px) > 10.0, "the screenshot is blank");
+    let e = view(&GpuArgs::default(), a(Some(99), "640x480"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--step 99"), "{e}");
+    let e = view(&GpuArgs::default(), a(None, "640by480"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--size"), "{e}");
 }

@@ -206,7 +206,11 @@ impl PruneArgs {
 /// One line describing pruning settings (for logs and the PNG's parameters).
 pub fn describe_prune(s: &PruneSettings, budget: Option<f64>) -> String {
     let how = budget.map_or(String::new(), |b| {
-        format!(", solved for {:.3} TFLOPs/step", b / 1e12)
+        if b >= 1e11 {
+            format!(", solved for {:.3} TFLOPs/step", b / 1e12)
+        } else {
+            format!(", solved for {:.4} GFLOPs/step", b / 1e9)
+        }
     });
     match s.mode {
         PruneMode::None => "none".into(),

@@ -18,9 +18,10 @@ use crate::tensor::DType;
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
     /// A diffusers SD-XL pipeline folder, or an original single-file SD-XL checkpoint
-    /// (`sd_xl_base_1.0.safetensors`).
+    /// (`sd_xl_base_1.0.safetensors`). Default: the built-in demo model (coloured shapes at
+    /// 128x128; prompts like "a large red circle at the top left").
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// With a single-file checkpoint: a diffusers SD-XL pipeline folder holding its configs
     /// (and tokenizers). Default: the built-in SD-XL base configs and CLIP vocabulary.
     #[arg(long)]
@@ -37,10 +38,12 @@ pub struct GenerateArgs {
     pub guidance_rescale: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 1024)]
-    pub width: usize,
-    #[arg(long, default_value_t = 1024)]
-    pub height: usize,
+    /// Image width (default: the model's native size, 1024 for SD-XL, 128 for the demo model).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Image height (default: the model's native size).
+    #[arg(long)]
+    pub height: Option<usize>,
     /// Compute dtype of the text encoders and the UNet.
     #[arg(long, default_value = "f16")]
     pub dtype: DType,
@@ -74,6 +77,14 @@ pub struct GenerateArgs {
 /// Encodes RGB8 pixels as PNG with the generation parameters in a `parameters` text chunk.
 pub fn png_bytes(width: usize, height: usize, rgb: &[u8], parameters: &str) -> Result<Vec<u8>> {
     png_rgb8_bytes(width, height, rgb, parameters)
+}
+
+/// How a model argument is named in messages and metadata (the built-in demo model when none).
+pub fn model_name(model: Option<&std::path::Path>) -> String {
+    match model {
+        Some(m) => m.display().to_string(),
+        None => crate::model::demo::NAME.to_string(),
+    }
 }
 
 /// What [`run_observed`] reports while it runs.
@@ -119,21 +130,29 @@ pub fn run_observed(
         None => None,
     };
     let t0 = Instant::now();
-    let pipe = SdxlPipeline::load(
-        ctx,
-        &a.model,
-        &LoadOptions {
-            dtype: a.dtype,
-            vae_dtype: a.vae_dtype,
-            config: a.config.clone(),
-        },
-    )?;
+    let opts = LoadOptions {
+        dtype: a.dtype,
+        vae_dtype: a.vae_dtype,
+        config: a.config.clone(),
+    };
+    let pipe = match &a.model {
+        Some(m) => SdxlPipeline::load(ctx, m, &opts)?,
+        None => SdxlPipeline::load_demo(ctx, &opts)?,
+    };
+    let model_name = model_name(a.model.as_deref());
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    eprintln!("loaded {} in {:.1} s", a.model.display(), load_ms / 1e3);
+    eprintln!("loaded {model_name} in {:.1} s", load_ms / 1e3);
     let down = pipe.vae.config.upsampling();
+    let native = pipe.native_size();
+    let a = &GenerateArgs {
+        width: Some(a.width.unwrap_or(native)),
+        height: Some(a.height.unwrap_or(native)),
+        ..a.clone()
+    };
+    let (width, height) = (a.width.unwrap_or(native), a.height.unwrap_or(native));
     let (prune, budget) =
         a.prune
-            .settings(&pipe.unet.config, a.height / down, a.width / down, a.steps)?;
+            .settings(&pipe.unet.config, height / down, width / down, a.steps)?;
     let tome = prune.mode == PruneMode::Tome;
     if a.dump_masks.is_some() && tome {
         eprintln!(
@@ -151,8 +170,8 @@ pub fn run_observed(
         steps: a.steps,
         guidance: a.guidance,
         guidance_rescale: a.guidance_rescale,
-        width: a.width,
-        height: a.height,
+        width,
+        height,
         seed: a.seed,
         latents,
         prune,
@@ -167,18 +186,13 @@ pub fn run_observed(
         a.guidance,
         a.guidance_rescale,
         a.seed,
-        a.width,
-        a.height,
-        a.model.display(),
+        width,
+        height,
+        model_name,
         prune_text,
         env!("CARGO_PKG_VERSION")
     );
-    let latent_shape = [
-        1,
-        pipe.unet.config.in_channels,
-        a.height / down,
-        a.width / down,
-    ];
+    let latent_shape = [1, pipe.unet.config.in_channels, height / down, width / down];
     let mut info = RunInfo::new(&pipe.unet.config, &req, latent_shape, &prune_text, &params)?;
     info.load_ms = load_ms;
     on_event(GenerateEvent::Started(&info));
@@ -217,7 +231,7 @@ pub fn run_observed(
                 out.latent_shape.to_vec(),
                 &out.latents_final,
             ),
-            HostTensor::F32("image", vec![1, 3, a.height, a.width], &out.image),
+            HostTensor::F32("image", vec![1, 3, height, width], &out.image),
         ])?;
         write_atomic(p, &bytes)?;
     }
@@ -226,7 +240,7 @@ pub fn run_observed(
         write_run(dir, &info, &out, &rgb, &params)?;
         eprintln!("saved the run to {}", dir.display());
     }
-    write_atomic(&a.output, &png_bytes(a.width, a.height, &rgb, &params)?)?;
+    write_atomic(&a.output, &png_bytes(width, height, &rgb, &params)?)?;
     eprintln!(
         "wrote {} in {:.1} s",
         a.output.display(),
@@ -235,8 +249,8 @@ pub fn run_observed(
     Ok(Generated {
         info,
         image: Rgb8 {
-            width: a.width,
-            height: a.height,
+            width,
+            height,
             pixels: rgb,
         },
     })

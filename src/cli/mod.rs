@@ -7,6 +7,7 @@ use crate::gpu::{ContextOptions, GpuContext};
 
 pub mod bench;
 pub mod bench_ops;
+pub mod eval;
 pub mod flops;
 pub mod generate;
 pub mod unet_eval;
@@ -61,8 +62,11 @@ pub enum Command {
     BenchOps(bench_ops::BenchOpsArgs),
     /// The FLOPs model: per-step TFLOPs, pruning overhead, keep ratio for a budget.
     Flops(flops::FlopsArgs),
-    /// Generate an image from a prompt (a diffusers SD-XL pipeline folder).
+    /// Generate an image from a prompt (default model: the built-in demo model).
     Generate(generate::GenerateArgs),
+    /// Fidelity benchmark on the demo model: prompt adherence, PSNR/SSIM against the full
+    /// model and time per image, for full, AT-EDM and ToMe at equal FLOPs.
+    Eval(eval::EvalArgs),
     /// One UNet forward on inputs from a safetensors file (compare with diffusers).
     UnetEval(unet_eval::UNetEvalArgs),
     /// Token masks per step and layer in a window: saved runs (`view DIR [DIR]`) or a live
@@ -99,6 +103,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::BenchOps(args) => bench_ops::run(&cli.gpu.context()?, &args),
         Command::Flops(args) => flops::run(&args),
         Command::Generate(args) => generate::run(&cli.gpu.context()?, &args),
+        Command::Eval(args) => eval::run(&cli.gpu.context()?, &args).map(|_| ()),
         Command::UnetEval(args) => unet_eval::run(&cli.gpu.context()?, &args),
         #[cfg(feature = "viewer")]
         Command::View(args) => view::run(&cli.gpu, args),

@@ -17,6 +17,15 @@ pub struct ViewArgs {
     /// One or two folders written by `atedm generate --dump-masks` (two: side by side, e.g.
     /// a full and a pruned run). A folder named `live` must be written `./live`.
     pub dirs: Vec<PathBuf>,
+    /// Render the saved runs offscreen into this PNG instead of opening a window.
+    #[arg(long)]
+    pub screenshot: Option<PathBuf>,
+    /// With --screenshot: the step to show (default: the last).
+    #[arg(long, requires = "screenshot")]
+    pub step: Option<usize>,
+    /// With --screenshot: the picture's size in pixels, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1400x1000", requires = "screenshot")]
+    pub size: String,
     #[command(subcommand)]
     pub live: Option<LiveCommand>,
 }
@@ -48,6 +57,28 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<RunData>> {
 }
 
 pub fn run(gpu: &GpuArgs, a: ViewArgs) -> Result<()> {
+    if let Some(out) = &a.screenshot {
+        let (w, h) = a
+            .size
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+            .filter(|&(w, h)| w > 0 && h > 0)
+            .ok_or_else(|| Error::Invalid(format!("--size '{}': expected WIDTHxHEIGHT", a.size)))?;
+        if a.dirs.is_empty() {
+            return Err(Error::Invalid(
+                "--screenshot needs one or two folders written by `atedm generate --dump-masks`"
+                    .into(),
+            ));
+        }
+        let runs = load_runs(&a.dirs)?;
+        let rgba = crate::viewer::headless::screenshot(&gpu.context()?, runs, a.step, w, h)?;
+        crate::io::write_atomic(
+            out,
+            &crate::io::png_rgba8_bytes(w as usize, h as usize, &rgba)?,
+        )?;
+        eprintln!("wrote {}", out.display());
+        return Ok(());
+    }
     let (runs, live) = match a.live {
         Some(LiveCommand::Live(l)) => {
             let runs = load_runs(l.compare.as_slice())?;
@@ -71,7 +102,10 @@ pub fn run(gpu: &GpuArgs, a: ViewArgs) -> Result<()> {
         }
     };
     let title = match (&live, runs.as_slice()) {
-        (Some(g), _) => format!("atedm view: live, {}", g.model.display()),
+        (Some(g), _) => format!(
+            "atedm view: live, {}",
+            crate::cli::generate::model_name(g.model.as_deref())
+        ),
         (None, r) => format!(
             "atedm view: {}",
             r.iter().map(RunData::label).collect::<Vec<_>>().join(" | ")

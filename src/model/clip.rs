@@ -70,13 +70,22 @@ impl ClipTextConfig {
     /// Reads `config.json` (a file or a folder holding one) and validates it.
     pub fn from_file(path: &Path) -> Result<Self> {
         let (file, cfg): (_, ClipTextConfig) = super::read_config(path, "a CLIP text config")?;
+        cfg.validate(&file.display().to_string())
+    }
+
+    /// Parses and validates a config.json text; `label` names its source in errors.
+    pub fn from_json(text: &str, label: &str) -> Result<Self> {
+        let cfg: ClipTextConfig = super::parse_config(text, label, "a CLIP text config")?;
+        cfg.validate(label)
+    }
+
+    fn validate(self, file: &str) -> Result<Self> {
+        let cfg = self;
         cfg.activation()?;
         if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
             return Err(Error::Invalid(format!(
                 "{}: hidden_size {} is not divisible by num_attention_heads {}",
-                file.display(),
-                cfg.hidden_size,
-                cfg.num_attention_heads
+                file, cfg.hidden_size, cfg.num_attention_heads
             )));
         }
         Ok(cfg)

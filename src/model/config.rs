@@ -215,6 +215,9 @@ pub struct UNetConfig {
     pub addition_time_embed_dim: usize,
     pub projection_class_embeddings_input_dim: usize,
     pub downsample_padding: usize,
+    /// Latent size the model was trained at (`sample_size`; 128 for SD-XL, whose images are
+    /// 1024 px). Only the default image size depends on it.
+    pub sample_size: usize,
 }
 
 impl UNetConfig {
@@ -238,6 +241,7 @@ impl UNetConfig {
             addition_time_embed_dim: 256,
             projection_class_embeddings_input_dim: 2816,
             downsample_padding: 1,
+            sample_size: 128,
         }
     }
 
@@ -508,6 +512,23 @@ impl RawUNetConfig {
         }
         let mut reverse = transformer_layers_per_block.clone();
         reverse.reverse();
+        // diffusers allows a number or [height, width]; a square default size needs one number.
+        let sample_size = match &self.sample_size {
+            None | Some(serde_json::Value::Null) => 128,
+            Some(v) => v
+                .as_u64()
+                .or_else(|| {
+                    v.as_array()
+                        .and_then(|a| a.first())
+                        .and_then(|x| x.as_u64())
+                })
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "unet config: 'sample_size' {v} is not a positive size"
+                    ))
+                })? as usize,
+        };
         Ok(UNetConfig {
             in_channels: self.in_channels,
             out_channels: self.out_channels,
@@ -526,6 +547,7 @@ impl RawUNetConfig {
             addition_time_embed_dim,
             projection_class_embeddings_input_dim: proj,
             downsample_padding: 1,
+            sample_size,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod demo;
 pub mod keymap;
 pub mod load;
 pub mod nn;
@@ -31,7 +32,15 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
         path: file.display().to_string(),
         source,
     })?;
-    let value = serde_json::from_str(&text)
-        .map_err(|e| Error::Invalid(format!("{}: not {what} ({e})", file.display())))?;
+    let value = parse_config(&text, &file.display().to_string(), what)?;
     Ok((file, value))
+}
+
+/// Parses a config text as `T`; `label` names its source and `what` the expected kind in errors.
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(
+    text: &str,
+    label: &str,
+    what: &str,
+) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Invalid(format!("{label}: not {what} ({e})")))
 }

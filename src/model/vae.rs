@@ -78,18 +78,29 @@ impl VaeConfig {
     /// Reads and validates `config.json` (a file or a folder holding one).
     pub fn from_file(path: &Path) -> Result<Self> {
         let (file, cfg): (_, VaeConfig) = super::read_config(path, "an AutoencoderKL config")?;
+        cfg.validate(&file.display().to_string())
+    }
+
+    /// Parses and validates a config.json text; `label` names its source in errors.
+    pub fn from_json(text: &str, label: &str) -> Result<Self> {
+        let cfg: VaeConfig = super::parse_config(text, label, "an AutoencoderKL config")?;
+        cfg.validate(label)
+    }
+
+    fn validate(self, file: &str) -> Result<Self> {
+        let cfg = self;
         if let Some(types) = &cfg.up_block_types {
             if let Some(t) = types.iter().find(|t| t.as_str() != "UpDecoderBlock2D") {
                 return Err(Error::Invalid(format!(
                     "{}: unsupported 'up_block_types' entry \"{t}\"",
-                    file.display()
+                    file
                 )));
             }
         }
         if cfg.shift_factor.is_some_and(|s| s != 0.0) {
             return Err(Error::Invalid(format!(
                 "{}: unsupported 'shift_factor' (SD-XL's VAE has none)",
-                file.display()
+                file
             )));
         }
         if cfg
@@ -99,7 +110,7 @@ impl VaeConfig {
         {
             return Err(Error::Invalid(format!(
                 "{}: block_out_channels not divisible by norm_num_groups",
-                file.display()
+                file
             )));
         }
         Ok(cfg)

@@ -16,10 +16,26 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::tensor::{DType, Tensor};
 
-/// One memory-mapped safetensors file with its parsed header.
+/// The bytes of a safetensors file: mapped from disk, or built into the binary (the demo model).
+enum FileBytes {
+    Mapped(Mmap),
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Static(s) => s,
+        }
+    }
+}
+
+/// One safetensors file (memory-mapped, or built into the binary) with its parsed header.
 pub struct SafetensorsFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: FileBytes,
     data_start: usize,
     meta: Metadata,
 }
@@ -37,6 +53,15 @@ impl SafetensorsFile {
             path: path.display().to_string(),
             source,
         })?;
+        Self::parse(path, FileBytes::Mapped(mmap))
+    }
+
+    /// A file built into the binary; `name` stands for its path in errors.
+    pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Self> {
+        Self::parse(Path::new(name), FileBytes::Static(bytes))
+    }
+
+    fn parse(path: &Path, mmap: FileBytes) -> Result<Self> {
         let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
             Error::Invalid(format!(
                 "{}: not a valid safetensors file ({e})",

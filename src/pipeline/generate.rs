@@ -386,6 +386,64 @@ impl SdxlPipeline {
         })
     }
 
+    /// The demo model built into the engine ([`crate::model::demo`]): a tiny SD-XL-family
+    /// pipeline trained on coloured shapes at 128x128, used when no model is given.
+    pub fn load_demo(ctx: &GpuContext, opts: &LoadOptions) -> Result<Self> {
+        use crate::model::config::UNetConfig;
+        use crate::model::demo::{self, label, Part};
+        if opts.dtype == DType::U32 || opts.vae_dtype == Some(DType::U32) {
+            return Err(Error::Invalid("dtype must be f32 or f16".into()));
+        }
+        if let Some(c) = &opts.config {
+            return Err(Error::Invalid(format!(
+                "--config {}: a config folder is only for single-file checkpoints, not the built-in demo model",
+                c.display()
+            )));
+        }
+        let store = |p: &Part| -> Result<WeightStore> {
+            WeightStore::from_files(vec![SafetensorsFile::from_static(
+                &label(p.weights_name),
+                p.weights,
+            )?])
+        };
+        let clip = |p: &Part, with_projection: bool| -> Result<ClipTextModel> {
+            let cfg =
+                ClipTextConfig::from_json(p.config, &label(&format!("{}/config.json", p.name)))?;
+            build_clip(
+                ctx,
+                &cfg,
+                &store(p)?,
+                opts.dtype,
+                with_projection,
+                &label(p.name),
+            )
+        };
+        let text_encoder = clip(&demo::TEXT_ENCODER, false)?;
+        let text_encoder_2 = clip(&demo::TEXT_ENCODER_2, true)?;
+        let unet_cfg = UNetConfig::from_json(demo::UNET.config)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", label("unet/config.json"))))?;
+        let unet = UNet2DConditionModel::load(
+            &unet_cfg,
+            WeightLoader::new(ctx, &store(&demo::UNET)?, opts.dtype),
+        )
+        .map_err(|e| Error::Invalid(format!("{}: {e}", label("unet"))))?;
+        check_fit(Path::new(demo::NAME), &text_encoder, &text_encoder_2, &unet)?;
+        let vae_cfg = VaeConfig::from_json(demo::VAE.config, &label("vae/config.json"))?;
+        let vae_dtype = vae_dtype(&vae_cfg, opts);
+        let vae = build_vae(ctx, &vae_cfg, &store(&demo::VAE)?, vae_dtype, &label("vae"))?;
+        Ok(SdxlPipeline {
+            tokenizer: ClipTokenizer::embedded(Padding::Eos)?,
+            tokenizer_2: ClipTokenizer::embedded(Padding::BANG)?,
+            text_encoder,
+            text_encoder_2,
+            unet,
+            vae,
+            scheduler: EulerConfig::from_json(demo::SCHEDULER_CONFIG)?,
+            dtype: opts.dtype,
+            vae_dtype,
+        })
+    }
+
     /// An original single-file SD-XL checkpoint: UNet `model.diffusion_model.`, CLIP-L
     /// `conditioner.embedders.0.transformer.`, OpenCLIP bigG `conditioner.embedders.1.model.`,
     /// VAE `first_stage_model.`.
@@ -482,6 +540,12 @@ impl SdxlPipeline {
             dtype: opts.dtype,
             vae_dtype,
         })
+    }
+
+    /// The image size the model was made for (diffusers' default: the UNet's `sample_size`
+    /// times the VAE's downsampling; 1024 for SD-XL).
+    pub fn native_size(&self) -> usize {
+        self.unet.config.sample_size * self.vae.config.upsampling()
     }
 
     /// Image sizes must be multiples of this (VAE x UNet downsampling).

@@ -205,3 +205,33 @@ fn check(scope: wgpu::ErrorScopeGuard, what: &str) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// Renders the viewer on `runs` offscreen at `step` (default: the last step) and returns the
+/// frame as RGBA8 `width x height`: `atedm view --screenshot`, for documentation and machines
+/// without a display.
+pub fn screenshot(
+    gpu: &GpuContext,
+    runs: Vec<crate::pipeline::dump::RunData>,
+    step: Option<usize>,
+    width: u32,
+    height: u32,
+) -> Result<Vec<u8>> {
+    let mut app = crate::viewer::ViewerApp::new(runs, None);
+    let mut hl = Headless::new(gpu, width, height, 1.0)?;
+    // The first frame lays out and learns the step count; then go to the step and settle.
+    hl.frame(vec![], |ui| app.draw(ui))?;
+    let last = app.state.available.saturating_sub(1);
+    let want = step.unwrap_or(last);
+    if want > last {
+        return Err(crate::error::Error::Invalid(format!(
+            "--step {want}: the runs have steps 0..={last}"
+        )));
+    }
+    app.state.step = want;
+    app.state.playing = false;
+    for _ in 0..2 {
+        hl.time += 0.1;
+        hl.frame(vec![], |ui| app.draw(ui))?;
+    }
+    hl.read_rgba()
+}
