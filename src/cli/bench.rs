@@ -148,8 +148,15 @@ fn load_model(
         let unet = load_unet(ctx, m, a.config.as_deref(), dtype)?;
         return Ok((unet, m.display().to_string()));
     }
-    let (cfg, name) = match a.synthetic.as_deref() {
-        None | Some("sdxl") => (UNetConfig::sdxl_base(), "SD-XL base".to_string()),
+    let (cfg, name) = synthetic_config(a)?;
+    let unet = UNet2DConditionModel::synthetic(ctx, &cfg, dtype, 0x5d_1e55)?;
+    Ok((unet, format!("{name} (synthetic weights)")))
+}
+
+/// The config named by `--synthetic` (SD-XL base by default) and its name for the report.
+fn synthetic_config(a: &BenchArgs) -> Result<(UNetConfig, String)> {
+    match a.synthetic.as_deref() {
+        None | Some("sdxl") => Ok((UNetConfig::sdxl_base(), "SD-XL base".to_string())),
         Some(path) => {
             let p = PathBuf::from(path);
             let cfg = if p.is_file() {
@@ -161,11 +168,26 @@ fn load_model(
                     "--synthetic '{path}': expected sdxl or a UNet config.json (or its folder)"
                 )));
             };
-            (cfg, path.to_string())
+            Ok((cfg, path.to_string()))
         }
-    };
-    let unet = UNet2DConditionModel::synthetic(ctx, &cfg, dtype, 0x5d_1e55)?;
-    Ok((unet, format!("{name} (synthetic weights)")))
+    }
+}
+
+/// `--width`/`--height`, defaulting to 1024 on a GPU and 256 on a CPU adapter.
+fn image_size(ctx: &GpuContext, a: &BenchArgs) -> (usize, usize) {
+    let default_size = if ctx.is_cpu_adapter() { 256 } else { 1024 };
+    (
+        a.width.unwrap_or(default_size),
+        a.height.or(a.width).unwrap_or(default_size),
+    )
+}
+
+/// Time ids `[h, w, 0, 0, h, w]` for each of `batch` images.
+fn time_ids(batch: usize, width: usize, height: usize) -> Vec<f32> {
+    let (hf, wf) = (height as f32, width as f32);
+    (0..batch)
+        .flat_map(|_| [hf, wf, 0.0, 0.0, hf, wf])
+        .collect()
 }
 
 /// The settings of each variant.
@@ -249,22 +271,10 @@ pub fn plan_memory(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<PlannedMemory>
         plan_only: true,
     })?;
     let dtype = resolve_dtype(ctx, a.dtype)?;
-    let default_size = if ctx.is_cpu_adapter() { 256 } else { 1024 };
-    let (width, height) = (
-        a.width.unwrap_or(default_size),
-        a.height.or(a.width).unwrap_or(default_size),
-    );
-    let cfg = match (&a.model, a.synthetic.as_deref()) {
-        (Some(m), _) => unet_config(m, a.config.as_deref())?,
-        (None, None | Some("sdxl")) => UNetConfig::sdxl_base(),
-        (None, Some(p)) => {
-            let p = PathBuf::from(p);
-            if p.is_file() {
-                UNetConfig::from_file(&p)?
-            } else {
-                unet_config(&p, None)?
-            }
-        }
+    let (width, height) = image_size(ctx, a);
+    let cfg = match &a.model {
+        Some(m) => unet_config(m, a.config.as_deref())?,
+        None => synthetic_config(a)?.0,
     };
     let m = 8 * cfg.downsampling();
     if a.batch == 0 || width == 0 || height == 0 || width % m != 0 || height % m != 0 {
@@ -282,8 +292,7 @@ pub fn plan_memory(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<PlannedMemory>
         z(&[b, 77, cfg.cross_attention_dim])?,
         z(&[b, cfg.text_embeds_dim()])?,
     );
-    let (hf, wf) = (height as f32, width as f32);
-    let time_ids: Vec<f32> = (0..b).flat_map(|_| [hf, wf, 0.0, 0.0, hf, wf]).collect();
+    let time_ids = time_ids(b, width, height);
     let mut out = Vec::new();
     for (variant, settings) in variant_settings(a, &cfg, lh, lw)? {
         plan.reset_peak_memory();
@@ -352,11 +361,7 @@ pub fn run(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<VariantResult>> {
         return Err(Error::Invalid("--variants is empty".into()));
     }
     let dtype = resolve_dtype(ctx, a.dtype)?;
-    let default_size = if ctx.is_cpu_adapter() { 256 } else { 1024 };
-    let (width, height) = (
-        a.width.unwrap_or(default_size),
-        a.height.or(a.width).unwrap_or(default_size),
-    );
+    let (width, height) = image_size(ctx, a);
     let t_load = Instant::now();
     let (unet, name) = load_model(ctx, a, dtype)?;
     let cfg = unet.config.clone();
@@ -384,8 +389,7 @@ pub fn run(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<VariantResult>> {
     let sample = fill_uniform(ctx, &[b, cfg.in_channels, lh, lw], dtype, 1, 0.0, 1.7)?;
     let context = fill_uniform(ctx, &[b, 77, cfg.cross_attention_dim], dtype, 2, 0.0, 1.7)?;
     let text = fill_uniform(ctx, &[b, cfg.text_embeds_dim()], dtype, 3, 0.0, 1.7)?;
-    let (hf, wf) = (height as f32, width as f32);
-    let time_ids: Vec<f32> = (0..b).flat_map(|_| [hf, wf, 0.0, 0.0, hf, wf]).collect();
+    let time_ids = time_ids(b, width, height);
 
     let mut runs: Vec<Run> = runs
         .into_iter()
