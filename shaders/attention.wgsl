@@ -6,6 +6,7 @@
 // (channel = head * D + c). Everything accumulates in f32.
 
 const TQ: u32 = 64u;         // queries per flash workgroup (one per invocation)
+const TQ_SMALL: u32 = 8u;    // ... for few queries on CPU adapters (flash_attention_q8)
 const MAX_D: u32 = 128u;     // largest head_dim (private accumulator size)
 const TILE_FLOATS: u32 = 2048u; // each workgroup tile: key_tile * head_dim <= 2048 floats (8 KiB)
 const MT: u32 = 16u;         // map pass tile: MT queries x MT keys, MT*MT invocations
@@ -46,15 +47,15 @@ struct FlashRow {
     l: f32,      // sum of exp(s - m)
 };
 
-// One workgroup per (b, h, tile of TQ queries); workgroup id `wg` < B * H * q_tiles (checked
+// One workgroup per (b, h, tile of `tq` queries); workgroup id `wg` < B * H * q_tiles (checked
 // by the caller). Writes o for its query and returns its softmax statistics.
-fn flash(wg: u32, lid: u32) -> FlashRow {
+fn flash(wg: u32, lid: u32, tq: u32) -> FlashRow {
     let qt = wg % ap.q_tiles;
     let bh = wg / ap.q_tiles;
     let h = bh % ap.heads;
     let b = bh / ap.heads;
     let d = ap.head_dim;
-    let i = qt * TQ + lid;
+    let i = qt * tq + lid;
     let live = i < ap.nq;
 
     var qv: array<f32, MAX_D>;
@@ -69,12 +70,12 @@ fn flash(wg: u32, lid: u32) -> FlashRow {
     // Causal: keys past the tile's last query are masked for all of its queries.
     var kend = ap.nk;
     if (ap.causal != 0u) {
-        kend = min(ap.nk, (qt + 1u) * TQ);
+        kend = min(ap.nk, (qt + 1u) * tq);
     }
     for (var j0 = 0u; j0 < kend; j0 += ap.key_tile) {
         let nt = min(ap.key_tile, kend - j0);
         workgroupBarrier();
-        for (var e = lid; e < nt * d; e += TQ) {
+        for (var e = lid; e < nt * d; e += tq) {
             let g = (b * ap.nk + j0 + e / d) * ap.width + h * d + e % d;
             tile_a[e] = f32(k[g]);
             tile_b[e] = f32(v[g]);
@@ -119,7 +120,17 @@ fn flash_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
                    @builtin(local_invocation_index) lid: u32) {
     let wg = wid.x + wid.y * nwg.x;
     if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
-    _ = flash(wg, lid);
+    _ = flash(wg, lid, TQ);
+}
+
+// Tiles of 8 queries (one SIMD row of lavapipe's lanes): a pruned layer's few queries (25 of
+// a 64-query tile at 256 px) would otherwise run 64-wide tiles of mostly dead lanes.
+@compute @workgroup_size(8)
+fn flash_attention_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let wg = wid.x + wid.y * nwg.x;
+    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
+    _ = flash(wg, lid, TQ_SMALL);
 }
 
 // Same, and also stores the row log-sum-exp m + ln(l) per (b, h, i) for the map pass.
@@ -128,7 +139,7 @@ fn flash_attention_lse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
                        @builtin(local_invocation_index) lid: u32) {
     let wg = wid.x + wid.y * nwg.x;
     if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
-    let r = flash(wg, lid);
+    let r = flash(wg, lid, TQ);
     if (r.live) {
         lse[r.row] = r.m + log(r.l);
     }

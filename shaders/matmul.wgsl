@@ -152,20 +152,13 @@ fn matmul_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     store_row(bi, om + 3u, on, acc3);
 }
 
-// 8x8 register blocks: 8x8 invocations over a 64x64 tile, rows and columns of each block
-// contiguous. 64 multiply-adds per 16 loaded elements (4 per load, 2x the 4x4 block's): on
-// lavapipe every storage load is a per-lane gather, so loads per multiply-add set the speed.
-@compute @workgroup_size(8, 8)
-fn matmul_reg8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_id) lid: vec3<u32>) {
-    let tiles_m = (p.m + 63u) / 64u;
-    let per_batch = tiles_m * p.tiles_n;
-    let t = wid.x + wid.y * nwg.x;
-    if (t >= per_batch * p.batch) { return; }
-    let bi = t / per_batch;
-    let r = t % per_batch;
-    let om = (r / p.tiles_n) * 64u + lid.y * 8u;
-    let on = (r % p.tiles_n) * 64u + lid.x * 8u;
+// 8x8 register blocks read straight from storage, rows and columns of each block contiguous.
+// 64 multiply-adds per 16 loaded elements (4 per load, 2x the 4x4 block's): on lavapipe every
+// storage load is a per-lane gather, so loads per multiply-add set the speed.
+// One function, four tile heights: 64, 32, 16 or 8 rows by 64 columns (8 x rows/8
+// invocations). The engine picks the height that pads M least, so that a pruned layer's few
+// rows (e.g. 50 kept tokens in a 64-row tile) do not cost a full tile of clamped copies.
+fn reg8_block(bi: u32, om: u32, on: u32) {
     let a_base = bi * p.a_sb;
     let b_base = bi * p.b_sb;
     let lm = p.m - 1u;
@@ -206,4 +199,38 @@ fn matmul_reg8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     store_row(bi, om + 5u, on, c50); store_row(bi, om + 5u, on + 4u, c51);
     store_row(bi, om + 6u, on, c60); store_row(bi, om + 6u, on + 4u, c61);
     store_row(bi, om + 7u, on, c70); store_row(bi, om + 7u, on + 4u, c71);
+}
+
+// Tile `t` of a grid of tile_rows x 64 tiles: workgroup (8, tile_rows / 8).
+fn reg8_tile(t: u32, tile_rows: u32, lid: vec3<u32>) {
+    let tiles_m = (p.m + tile_rows - 1u) / tile_rows;
+    let per_batch = tiles_m * p.tiles_n;
+    if (t >= per_batch * p.batch) { return; }
+    let bi = t / per_batch;
+    let r = t % per_batch;
+    reg8_block(bi, (r / p.tiles_n) * tile_rows + lid.y * 8u, (r % p.tiles_n) * 64u + lid.x * 8u);
+}
+
+@compute @workgroup_size(8, 8)
+fn matmul_reg8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    reg8_tile(wid.x + wid.y * nwg.x, 64u, lid);
+}
+
+@compute @workgroup_size(8, 4)
+fn matmul_reg8_h32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    reg8_tile(wid.x + wid.y * nwg.x, 32u, lid);
+}
+
+@compute @workgroup_size(8, 2)
+fn matmul_reg8_h16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    reg8_tile(wid.x + wid.y * nwg.x, 16u, lid);
+}
+
+@compute @workgroup_size(8, 1)
+fn matmul_reg8_h8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    reg8_tile(wid.x + wid.y * nwg.x, 8u, lid);
 }

@@ -78,6 +78,49 @@ fn bench_runs_full_atedm_and_tome_at_equal_flops() {
 }
 
 #[test]
+fn bench_reps_0_runs_one_step_and_reports_the_plans_memory() {
+    // `--reps 0` runs one untimed step (the memory of a real run where timing is out of reach);
+    // its peak from actual allocations agrees with `--plan-memory`'s allocation plan.
+    let _turn = profiling();
+    let json = std::env::temp_dir().join(format!("atedm-bench-r0-{}.json", std::process::id()));
+    let a = BenchArgs {
+        reps: 0,
+        variants: vec![Variant::Full],
+        profile: false,
+        json: Some(json.clone()),
+        ..args(None)
+    };
+    assert!(
+        run(ctx(), &a).unwrap().is_empty(),
+        "no timings with --reps 0"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    let (peak, weights) = (
+        doc["peak_bytes"].as_u64().unwrap(),
+        doc["weights_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        weights > 0 && peak > weights,
+        "peak {peak}, weights {weights}"
+    );
+    let planned = atedm::cli::bench::plan_memory(
+        ctx(),
+        &BenchArgs {
+            plan_memory: true,
+            ..a
+        },
+    )
+    .unwrap();
+    let p = planned[0].peak_bytes;
+    assert!(
+        (p as f64 - peak as f64).abs() <= 0.05 * peak as f64,
+        "planned {p} vs actual {peak}"
+    );
+}
+
+#[test]
 fn bench_pruning_flags_override_the_variants() {
     let _turn = profiling();
     let a = BenchArgs {

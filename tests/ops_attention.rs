@@ -83,7 +83,39 @@ fn check_case(
             tol(dtype),
             &format!("plain out {what}"),
         );
+        // Both query tiles of the flash pass whatever the adapter (Auto picks one of them).
+        for tile in [64, 8] {
+            let o = attention::attention_with_tile(ctx(), &qt, &kt, &vt, &opts, tile).unwrap();
+            assert_close(
+                &download(&o),
+                &want_out,
+                tol(dtype),
+                &format!("tile {tile} {what}"),
+            );
+        }
     }
+}
+
+#[test]
+fn flash_query_tile_fits_few_queries_on_cpu_adapters() {
+    let c = ctx();
+    for (nq, cpu_tile) in [
+        (1, 8),
+        (25, 8),
+        (64, 64),
+        (98, 8),
+        (128, 64),
+        (256, 64),
+        (4096, 64),
+    ] {
+        let want = if c.is_cpu_adapter() { cpu_tile } else { 64 };
+        assert_eq!(attention::flash_query_tile(c, nq), want, "nq {nq}");
+    }
+    let t = upload(&[0.0; 8], &[1, 2, 4], DType::F32);
+    let err = attention::attention_with_tile(c, &t, &t, &t, &AttentionOptions::new(1), 16)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("query tile 16"), "{err}");
 }
 
 proptest! {

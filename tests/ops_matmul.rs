@@ -26,15 +26,103 @@ fn batches() -> impl Strategy<Value = (Option<usize>, Option<usize>)> {
     })
 }
 
+/// Every kernel and every tile height of the 8x8-block kernel.
+const KERNELS: [MatmulKernel; 7] = [
+    MatmulKernel::Tiled,
+    MatmulKernel::Registers,
+    MatmulKernel::Registers8,
+    MatmulKernel::Registers8Rows(64),
+    MatmulKernel::Registers8Rows(32),
+    MatmulKernel::Registers8Rows(16),
+    MatmulKernel::Registers8Rows(8),
+];
+
+#[test]
+fn reg8_tile_height_pads_rows_least() {
+    // (rows, chosen tile height): the height that pads least, the tallest on a tie.
+    for (m, want) in [
+        (1, 8),
+        (8, 8),
+        (12, 16),
+        (25, 32),
+        (50, 8),
+        (64, 64),
+        (98, 8),
+        (128, 64),
+        (196, 8),
+        (200, 8),
+        (256, 64),
+        (100, 8),
+        (96, 32),
+        (4096, 64),
+        (4100, 8),
+    ] {
+        assert_eq!(matmul::reg8_tile_rows(m), want, "m = {m}");
+    }
+}
+
+#[test]
+fn every_tile_shape_matches_cpu_on_odd_shapes() {
+    // Rows that leave a partial tile for every height, columns a partial 64-wide tile, batch 2
+    // with transposed operands and both epilogues.
+    let (m, n, k) = (37, 77, 19);
+    let mut r = rng(7);
+    for kernel in KERNELS {
+        for dtype in DTYPES {
+            let (sa, sb) = (stored(Some(2), m, k, true), stored(Some(2), k, n, true));
+            let a = round_to(dtype, &rand_vec(&mut r, 2 * m * k, 1.0));
+            let b = round_to(dtype, &rand_vec(&mut r, 2 * k * n, 1.0));
+            let bias = round_to(dtype, &rand_vec(&mut r, n, 1.0));
+            let res = round_to(dtype, &rand_vec(&mut r, 2 * m * n, 1.0));
+            let (bias_t, res_t) = (upload(&bias, &[n], dtype), upload(&res, &[2, m, n], dtype));
+            let opts = MatmulOptions {
+                trans_a: true,
+                trans_b: true,
+                bias: Some(&bias_t),
+                residual: Some(&res_t),
+                kernel,
+            };
+            let out = matmul::matmul(
+                ctx(),
+                &upload(&a, &sa, dtype),
+                &upload(&b, &sb, dtype),
+                &opts,
+            )
+            .unwrap();
+            let (want, _) =
+                matmul::cpu_matmul(&a, &sa, &b, &sb, true, true, Some(&bias), Some(&res));
+            assert_close(
+                &download(&out),
+                &want,
+                tol(dtype),
+                &format!("{kernel:?} {dtype}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn unsupported_tile_height_is_an_error() {
+    let a = upload(&[1.0; 4], &[2, 2], DType::F32);
+    let opts = MatmulOptions {
+        kernel: MatmulKernel::Registers8Rows(24),
+        ..Default::default()
+    };
+    let err = matmul::matmul(ctx(), &a, &a, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Registers8Rows(24)"), "{err}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
 
     #[test]
     fn matmul_matches_cpu(m in 1usize..130, n in 1usize..130, k in 1usize..130,
                           (ba, bb) in batches(), trans in 0u8..4, epi in 0u8..4, seed in any::<u64>(),
-                          which in 0u8..3) {
+                          which in 0u8..7) {
         // Every kernel is checked whatever the adapter (Auto picks one of them).
-        let kernel = [MatmulKernel::Tiled, MatmulKernel::Registers, MatmulKernel::Registers8][which as usize];
+        let kernel = KERNELS[which as usize];
         let (ta, tb) = (trans & 1 == 1, trans & 2 == 2);
         let sa = stored(ba, m, k, ta);
         let sb = stored(bb, k, n, tb);

@@ -57,7 +57,8 @@ pub struct BenchArgs {
     /// Denoising steps of the schedule a step stands for (DSAP's early steps, FLOPs average).
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
-    /// Timed repetitions of every variant, interleaved, after one warm-up each.
+    /// Timed repetitions of every variant, interleaved, after one warm-up each. 0: only the
+    /// warm-up step of each variant runs, for the peak memory of a real run (no timings).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
     /// Compute dtype (default: f16 where the adapter has it, else f32).
@@ -352,9 +353,9 @@ pub fn run(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<VariantResult>> {
         plan_memory(ctx, a)?;
         return Ok(Vec::new());
     }
-    if a.reps == 0 || a.batch == 0 || a.steps == 0 {
+    if a.batch == 0 || a.steps == 0 {
         return Err(Error::Invalid(
-            "--reps, --batch and --steps must be at least 1".into(),
+            "--batch and --steps must be at least 1".into(),
         ));
     }
     if a.variants.is_empty() {
@@ -443,7 +444,8 @@ pub fn run(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<VariantResult>> {
     };
 
     let per_round: usize = runs.iter().map(|r| r.kinds.len()).sum();
-    let bar = indicatif::ProgressBar::new((per_round * (a.reps + 2)) as u64);
+    let profiled = if a.reps == 0 { 0 } else { 1 };
+    let bar = indicatif::ProgressBar::new((per_round * (a.reps + 1 + profiled)) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} UNet steps  {msg}  eta {eta}",
@@ -475,6 +477,33 @@ pub fn run(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<VariantResult>> {
                 bar.inc(1);
             }
         }
+    }
+    let memory_line = |peak: u64| {
+        format!(
+            "peak GPU memory (pool, actual allocations): {:.3} GiB, of which weights {:.3} GiB",
+            peak as f64 / (1u64 << 30) as f64,
+            weights_bytes as f64 / (1u64 << 30) as f64
+        )
+    };
+    if a.reps == 0 {
+        let stats = ctx.pool_stats();
+        // One untimed step per variant: the memory of a real run where timing is out of reach
+        // (SD-XL at 1024 px on a CPU adapter).
+        bar.finish_and_clear();
+        println!("--reps 0: one untimed step per variant ran, no timings");
+        println!("{}", memory_line(stats.peak_bytes));
+        if let Some(path) = &a.json {
+            let doc = serde_json::json!({
+                "model": name, "adapter": ctx.adapter().name, "width": width, "height": height,
+                "batch": b, "dtype": dtype.to_string(), "steps": a.steps, "reps": 0,
+                "variants": runs.iter().map(|r| format!("{:?}", r.variant)).collect::<Vec<_>>(),
+                "peak_bytes": stats.peak_bytes, "weights_bytes": weights_bytes,
+            });
+            let text = serde_json::to_string_pretty(&doc)
+                .map_err(|e| Error::Invalid(format!("encoding the results: {e}")))?;
+            write_atomic(path, text.as_bytes())?;
+        }
+        return Ok(Vec::new());
     }
     // One profiled step per kind.
     for r in runs.iter_mut() {
@@ -571,11 +600,7 @@ pub fn run(ctx: &GpuContext, a: &BenchArgs) -> Result<Vec<VariantResult>> {
         println!("  {}: {}", v.name, v.settings);
     }
     let stats = ctx.pool_stats();
-    println!(
-        "peak GPU memory (pool, actual allocations): {:.3} GiB, of which weights {:.3} GiB",
-        stats.peak_bytes as f64 / (1u64 << 30) as f64,
-        weights_bytes as f64 / (1u64 << 30) as f64
-    );
+    println!("{}", memory_line(stats.peak_bytes));
     println!(
         "per-step figures weight DSAP's early and late steps by the schedule; overhead = share of the profiled step's GPU time in the head-mean map pass, G-WPR, top-k, recovery and ToMe's plan/merge/unmerge"
     );

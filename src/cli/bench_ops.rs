@@ -133,6 +133,42 @@ pub fn measure(
                 );
             }
         }
+        // A pruned transformer's linear layers: few rows (AT-EDM keeps 25 of 64 tokens per
+        // image at 256 px, 50 rows at batch 2), x @ W^T with SD-XL's 1280 features. The
+        // 64-row tile against the height fitted to the rows; FLOPs count only the real rows.
+        if wanted("linear") {
+            let f = 1280 / s;
+            let w = random(ctx, &[f, f], dtype, 2, 1.0)?;
+            for rows in [12, 32, 50, 98, 154] {
+                let x = random(ctx, &[rows, f], dtype, 1, 1.0)?;
+                for (kernel, trans_b, tag) in [
+                    (matmul::MatmulKernel::Registers, true, "regs 4x4"),
+                    (
+                        matmul::MatmulKernel::Registers8Rows(64),
+                        true,
+                        "64-row tile",
+                    ),
+                    (matmul::MatmulKernel::Registers8, true, "fitted tile"),
+                    (
+                        matmul::MatmulKernel::Registers8,
+                        false,
+                        "fitted tile, W^T stored",
+                    ),
+                ] {
+                    let opts = matmul::MatmulOptions {
+                        trans_b,
+                        kernel,
+                        ..Default::default()
+                    };
+                    let t = time_case(ctx, args.reps, || matmul::matmul(ctx, &x, &w, &opts))?;
+                    push(
+                        format!("linear {rows}x{f}x{f} ({tag})"),
+                        2.0 * (rows * f * f) as f64,
+                        t,
+                    );
+                }
+            }
+        }
         let (hw, c) = (64 / s, 640 / s);
         if wanted("conv") {
             let x = random(ctx, &[1, c, hw, hw], dtype, 3, 1.0)?;

@@ -513,6 +513,26 @@ impl<'a> WeightLoader<'a> {
 
     /// The tensor `name` with shape `shape`. Shapes that differ only by trailing 1s (1x1 conv
     /// kernels stored as linear weights and back) are accepted and viewed as `shape`.
+    /// A linear layer's weight `[out, in]`: on CPU adapters transposed to `[in, out]` on the
+    /// GPU (the flag says which). Placeholders (missing or failed weights) stay as they are.
+    pub fn get_linear(&mut self, name: &str, out: usize, inp: usize) -> (Tensor, bool) {
+        let before = (self.missing.len(), self.wrong_shape.len());
+        let w = self.get(name, &[out, inp]);
+        let real = self.failed.is_none()
+            && before == (self.missing.len(), self.wrong_shape.len())
+            && (self.store.is_some() || self.synthetic.is_some() || self.ctx.is_plan_only());
+        if !real || !self.ctx.is_cpu_adapter() {
+            return (w, false);
+        }
+        match crate::ops::layout::transpose_last2(self.ctx, &w) {
+            Ok(t) => (t, true),
+            Err(e) => {
+                self.failed = Some(e);
+                (w, false)
+            }
+        }
+    }
+
     pub fn get(&mut self, name: &str, shape: &[usize]) -> Tensor {
         self.requested.push((name.to_string(), shape.to_vec()));
         let Some(store) = self.store else {

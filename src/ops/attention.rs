@@ -19,6 +19,7 @@ use crate::tensor::{DType, Tensor};
 
 crate::shader_family!(pub SHADER, "attention");
 const FLASH: Kernel = SHADER.kernel("flash_attention");
+const FLASH_Q8: Kernel = SHADER.kernel("flash_attention_q8");
 const FLASH_LSE: Kernel = SHADER.kernel("flash_attention_lse");
 const MAP: Kernel = SHADER.kernel("head_mean_map");
 const MAP_REG8: Kernel = SHADER.kernel("head_mean_map_reg8");
@@ -40,6 +41,19 @@ pub enum MapKernel {
 pub const MAX_HEAD_DIM: usize = 128;
 /// Queries per flash workgroup (shader constant `TQ`).
 const TQ: usize = 64;
+/// Queries per workgroup of `flash_attention_q8` (shader constant `TQ_SMALL`).
+const TQ_SMALL: usize = 8;
+
+/// Queries per workgroup of the flash pass for `nq` queries: on CPU adapters 8 when that pads
+/// `nq` less than 64-query tiles (a pruned layer's 25 or 98 queries), else 64.
+pub fn flash_query_tile(ctx: &GpuContext, nq: usize) -> usize {
+    let padded = |t: usize| nq.div_ceil(t) * t;
+    if ctx.is_cpu_adapter() && padded(TQ_SMALL) < padded(TQ) {
+        TQ_SMALL
+    } else {
+        TQ
+    }
+}
 /// Floats per workgroup tile (shader constant `TILE_FLOATS`).
 const TILE_FLOATS: usize = 2048;
 /// Query/key tile of the map pass (shader constant `MT`).
@@ -193,14 +207,39 @@ pub fn attention(
     v: &Tensor,
     opts: &AttentionOptions,
 ) -> Result<Tensor> {
+    // q's rank is checked by `attention_with_tile`; a bad one picks either tile.
+    let nq = q.shape().get(1).copied().unwrap_or(0);
+    attention_with_tile(ctx, q, k, v, opts, flash_query_tile(ctx, nq))
+}
+
+/// [`attention`] with `query_tile` queries per workgroup: 64, or 8 (see
+/// [`flash_query_tile`]; for tests and comparisons).
+pub fn attention_with_tile(
+    ctx: &GpuContext,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+    query_tile: usize,
+) -> Result<Tensor> {
     let d = check(q, k, v, opts)?;
-    let p = params(&d, opts, TQ, 0)?;
+    let kernel = match query_tile {
+        TQ => &FLASH,
+        TQ_SMALL => &FLASH_Q8,
+        t => {
+            return Err(Error::shape(
+                OP,
+                format!("query tile {t}: must be {TQ} or {TQ_SMALL}"),
+            ))
+        }
+    };
+    let p = params(&d, opts, query_tile, 0)?;
     let out = Tensor::empty(ctx, q.shape(), d.dtype)?;
-    let groups = (d.batch * opts.heads * d.nq.div_ceil(TQ)) as u64;
+    let groups = (d.batch * opts.heads * d.nq.div_ceil(query_tile)) as u64;
     ctx.note_flops(d.flops());
     ctx.dispatch(
         OP,
-        &FLASH,
+        kernel,
         d.dtype,
         bytemuck::bytes_of(&p),
         &[("q", q), ("k", k), ("v", v), ("out", &out)],

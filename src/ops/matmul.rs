@@ -14,14 +14,20 @@ use crate::tensor::Tensor;
 crate::shader_family!(pub SHADER, "matmul");
 const MATMUL: Kernel = SHADER.kernel("matmul");
 const MATMUL_REG: Kernel = SHADER.kernel("matmul_reg");
-const MATMUL_REG8: Kernel = SHADER.kernel("matmul_reg8");
+/// The 8x8-block kernel's tile heights (rows; 64 columns) and entry points.
+const REG8_SHAPES: [(usize, Kernel); 4] = [
+    (64, SHADER.kernel("matmul_reg8")),
+    (32, SHADER.kernel("matmul_reg8_h32")),
+    (16, SHADER.kernel("matmul_reg8_h16")),
+    (8, SHADER.kernel("matmul_reg8_h8")),
+];
 
 /// Output tile edge of the kernel (rows and columns).
 const TILE: usize = 64;
 /// Output tile edge of the register-blocked kernel (8x8 invocations x 4x4 blocks).
 const REG_TILE: usize = 32;
-/// Output tile of [`MatmulKernel::Registers8`].
-const REG8_TILE: usize = 64;
+/// Output columns per tile of the 8x8-block kernel (8 invocations x 8).
+const REG8_COLS: usize = 64;
 
 /// Epilogue flag bits shared by the matmul and conv2d kernels' params.
 pub(crate) const FLAG_BIAS: u32 = 1;
@@ -45,9 +51,7 @@ pub struct MatmulOptions<'a> {
 /// The matmul kernels. Both compute the same thing; the choice is about speed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MatmulKernel {
-    /// On CPU adapters (lavapipe) [`MatmulKernel::Registers8`], or [`MatmulKernel::Registers`]
-    /// when M or N is below 48 (64-wide tiles would mostly compute clamped copies); on GPUs
-    /// [`MatmulKernel::Tiled`].
+    /// On CPU adapters (lavapipe) [`MatmulKernel::Registers8`]; on GPUs [`MatmulKernel::Tiled`].
     #[default]
     Auto,
     /// 64x64 output tiles, K slabs staged in workgroup memory, 4x4 register blocks.
@@ -59,16 +63,32 @@ pub enum MatmulKernel {
     /// per loaded element instead of 2. On lavapipe every storage load is a per-lane gather
     /// that costs far more than the arithmetic (a loop of FMAs alone runs at 10 GFLOP/s there),
     /// so this is 1.8x `Registers` (256^3 and 512^3 f32: 0.80-0.85 vs 0.45 GFLOP/s).
+    /// The tile is 64, 32, 16 or 8 rows by 64 columns, whichever pads M least
+    /// ([`reg8_tile_rows`]): a pruned layer's rows (AT-EDM keeps e.g. 50 of 128) then cost
+    /// little more than their own work.
     Registers8,
+    /// [`MatmulKernel::Registers8`] with a fixed tile of this many rows (64, 32, 16 or 8),
+    /// whatever the shape: for tests and comparisons.
+    Registers8Rows(usize),
+}
+
+/// Rows of the [`MatmulKernel::Registers8`] tile for an output of `m` rows: the height of
+/// [`REG8_SHAPES`] that pads `m` least, the tallest on a tie (fewer, larger workgroups).
+pub fn reg8_tile_rows(m: usize) -> usize {
+    let padded = |rows: usize| m.div_ceil(rows) * rows;
+    let mut best = REG8_SHAPES[0].0;
+    for &(rows, _) in &REG8_SHAPES[1..] {
+        if padded(rows) < padded(best) {
+            best = rows;
+        }
+    }
+    best
 }
 
 impl MatmulKernel {
-    pub(crate) fn resolve(self, ctx: &GpuContext, m: usize, n: usize) -> MatmulKernel {
+    pub(crate) fn resolve(self, ctx: &GpuContext) -> MatmulKernel {
         match self {
-            MatmulKernel::Auto if ctx.is_cpu_adapter() && m >= 48 && n >= 48 => {
-                MatmulKernel::Registers8
-            }
-            MatmulKernel::Auto if ctx.is_cpu_adapter() => MatmulKernel::Registers,
+            MatmulKernel::Auto if ctx.is_cpu_adapter() => MatmulKernel::Registers8,
             MatmulKernel::Auto => MatmulKernel::Tiled,
             k => k,
         }
@@ -233,12 +253,20 @@ pub fn matmul(ctx: &GpuContext, a: &Tensor, b: &Tensor, opts: &MatmulOptions) ->
     let out = Tensor::empty(ctx, &pl.out_shape, dtype)?;
     dim32(OP, out.numel())?;
     let (m, n) = (pl.a.rows, pl.b.cols);
-    let (kernel, tile) = match opts.kernel.resolve(ctx, m, n) {
-        MatmulKernel::Registers => (&MATMUL_REG, REG_TILE),
-        MatmulKernel::Registers8 => (&MATMUL_REG8, REG8_TILE),
-        _ => (&MATMUL, TILE),
+    let reg8 = |rows: usize| match REG8_SHAPES.iter().find(|(r, _)| *r == rows) {
+        Some((_, kernel)) => Ok((kernel, rows, REG8_COLS)),
+        None => Err(Error::shape(
+            OP,
+            format!("Registers8Rows({rows}): the tile rows must be 64, 32, 16 or 8"),
+        )),
     };
-    let tiles_n = n.div_ceil(tile);
+    let (kernel, tile_m, tile_n) = match opts.kernel.resolve(ctx) {
+        MatmulKernel::Registers => (&MATMUL_REG, REG_TILE, REG_TILE),
+        MatmulKernel::Registers8 => reg8(reg8_tile_rows(m))?,
+        MatmulKernel::Registers8Rows(rows) => reg8(rows)?,
+        _ => (&MATMUL, TILE, TILE),
+    };
+    let tiles_n = n.div_ceil(tile_n);
     let params = MatmulParams {
         m: dim32(OP, m)?,
         n: dim32(OP, n)?,
@@ -254,7 +282,7 @@ pub fn matmul(ctx: &GpuContext, a: &Tensor, b: &Tensor, opts: &MatmulOptions) ->
         tiles_n: dim32(OP, tiles_n)?,
     };
     // Unused epilogue bindings get `a` as a placeholder (never read: the flags are off).
-    let workgroups = (pl.batch * m.div_ceil(tile) * tiles_n) as u64;
+    let workgroups = (pl.batch * m.div_ceil(tile_m) * tiles_n) as u64;
     ctx.note_flops(2.0 * (pl.batch * m * n) as f64 * pl.a.cols as f64);
     ctx.dispatch(
         OP,
@@ -282,18 +310,44 @@ pub fn linear(
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
+    linear_impl(ctx, x, weight, true, bias, residual)
+}
+
+/// [`linear`] with the weight stored transposed, `[in, out]`: the layout in which the
+/// register-blocked kernels on CPU adapters read it fastest (lanes read neighbouring output
+/// features, not rows `in` elements apart).
+pub fn linear_in_out(
+    ctx: &GpuContext,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    linear_impl(ctx, x, weight, false, bias, residual)
+}
+
+fn linear_impl(
+    ctx: &GpuContext,
+    x: &Tensor,
+    weight: &Tensor,
+    out_in: bool,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
     const OP: &str = "linear";
     let (xs, ws) = (x.shape(), weight.shape());
-    let (Some(&inf), [outf, win]) = (xs.last(), ws) else {
+    let (Some(&inf), [w0, w1]) = (xs.last(), ws) else {
         return Err(Error::shape(
             OP,
             format!("x must have rank >= 1 and weight rank 2, got x {xs:?} and weight {ws:?}"),
         ));
     };
+    let (outf, win) = if out_in { (w0, w1) } else { (w1, w0) };
     if inf != *win {
+        let layout = if out_in { "[out, in]" } else { "[in, out]" };
         return Err(Error::shape(
             OP,
-            format!("x {xs:?} has {inf} features but weight {ws:?} expects {win}"),
+            format!("x {xs:?} has {inf} features but weight {ws:?} ({layout}) expects {win}"),
         ));
     }
     let mut out_shape = xs.to_vec();
@@ -314,7 +368,7 @@ pub fn linear(
     let r2 = residual.map(|r| r.reshape(&[rows, *outf])).transpose()?;
     let opts = MatmulOptions {
         trans_a: false,
-        trans_b: true,
+        trans_b: out_in,
         bias,
         residual: r2.as_ref(),
         kernel: MatmulKernel::Auto,
