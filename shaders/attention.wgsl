@@ -145,6 +145,113 @@ fn flash_attention_lse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     }
 }
 
+// ------------------------------------------------------------------ flash pass, head_dim 64
+
+// SD-XL's head_dim (and CLIP's): q and the output accumulator live in 16 vec4 registers (loops
+// of constant trip count that the compiler unrolls, instead of the generic pass's private
+// arrays indexed by a runtime head_dim, which CPU drivers keep in scratch memory), keys are
+// taken 4 at a time with one online-softmax rescale per 4 keys, and the staged K/V tiles are
+// vec4. Not causal (the UNet and VAE never mask).
+const KT64: u32 = 32u;  // keys per staged tile: 32 keys x 16 vec4 = 512 vec4 (8 KiB) each for K and V
+var<workgroup> k4: array<vec4<f32>, 512>;
+var<workgroup> v4: array<vec4<f32>, 512>;
+
+fn load4(src_is_k: bool, g: u32) -> vec4<f32> {
+    if (src_is_k) {
+        return vec4<f32>(f32(k[g]), f32(k[g + 1u]), f32(k[g + 2u]), f32(k[g + 3u]));
+    }
+    return vec4<f32>(f32(v[g]), f32(v[g + 1u]), f32(v[g + 2u]), f32(v[g + 3u]));
+}
+
+fn flash64(wg: u32, lid: u32, tq: u32) -> FlashRow {
+    let qt = wg % ap.q_tiles;
+    let bh = wg / ap.q_tiles;
+    let h = bh % ap.heads;
+    let b = bh / ap.heads;
+    let i = qt * tq + lid;
+    let live = i < ap.nq;
+    let qbase = (b * ap.nq + min(i, ap.nq - 1u)) * ap.width + h * 64u;
+    var qv: array<vec4<f32>, 16>;
+    var acc: array<vec4<f32>, 16>;
+    for (var c = 0u; c < 16u; c++) {
+        let g = qbase + 4u * c;
+        qv[c] = vec4<f32>(f32(q[g]), f32(q[g + 1u]), f32(q[g + 2u]), f32(q[g + 3u])) * ap.scale;
+        acc[c] = vec4<f32>();
+    }
+    var m = -1e30;
+    var l = 0.0;
+    for (var j0 = 0u; j0 < ap.nk; j0 += KT64) {
+        let nt = min(KT64, ap.nk - j0);
+        workgroupBarrier();
+        // All 32 key slots are staged (slots past the last key repeat it; they get p = 0).
+        for (var e = lid; e < KT64 * 16u; e += tq) {
+            let g = (b * ap.nk + j0 + min(e / 16u, nt - 1u)) * ap.width + h * 64u + (e % 16u) * 4u;
+            k4[e] = load4(true, g);
+            v4[e] = load4(false, g);
+        }
+        workgroupBarrier();
+        for (var jj = 0u; jj < nt; jj += 4u) {
+            let r0 = jj * 16u;
+            var s = vec4<f32>();
+            for (var c = 0u; c < 16u; c++) {
+                let qc = qv[c];
+                s += vec4<f32>(dot(qc, k4[r0 + c]), dot(qc, k4[r0 + 16u + c]),
+                               dot(qc, k4[r0 + 32u + c]), dot(qc, k4[r0 + 48u + c]));
+            }
+            let valid = vec4<u32>(jj, jj + 1u, jj + 2u, jj + 3u) < vec4<u32>(nt);
+            s = select(vec4<f32>(-1e30), s, valid);
+            let mn = max(m, max(max(s.x, s.y), max(s.z, s.w)));
+            let corr = exp(m - mn);
+            let p = select(vec4<f32>(), exp(s - vec4<f32>(mn)), valid);
+            l = l * corr + (p.x + p.y) + (p.z + p.w);
+            for (var c = 0u; c < 16u; c++) {
+                acc[c] = acc[c] * corr + p.x * v4[r0 + c] + p.y * v4[r0 + 16u + c]
+                       + p.z * v4[r0 + 32u + c] + p.w * v4[r0 + 48u + c];
+            }
+            m = mn;
+        }
+    }
+    if (live) {
+        let inv = 1.0 / l;
+        for (var c = 0u; c < 16u; c++) {
+            let r = acc[c] * inv;
+            let g = qbase + 4u * c;
+            o[g] = ST(r.x);
+            o[g + 1u] = ST(r.y);
+            o[g + 2u] = ST(r.z);
+            o[g + 3u] = ST(r.w);
+        }
+    }
+    return FlashRow(live, bh * ap.nq + i, m, l);
+}
+
+@compute @workgroup_size(64)
+fn flash_attention_d64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let wg = wid.x + wid.y * nwg.x;
+    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
+    _ = flash64(wg, lid, TQ);
+}
+
+@compute @workgroup_size(8)
+fn flash_attention_d64_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let wg = wid.x + wid.y * nwg.x;
+    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
+    _ = flash64(wg, lid, TQ_SMALL);
+}
+
+@compute @workgroup_size(64)
+fn flash_attention_d64_lse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let wg = wid.x + wid.y * nwg.x;
+    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
+    let r = flash64(wg, lid, TQ);
+    if (r.live) {
+        lse[r.row] = r.m + log(r.l);
+    }
+}
+
 // ------------------------------------------------------------------ head-mean map pass
 
 @group(0) @binding(1) var<storage, read> mq: array<ST>;

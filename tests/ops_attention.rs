@@ -97,6 +97,20 @@ fn check_case(
 }
 
 #[test]
+fn head_dim_64_kernels_match_cpu() {
+    // The head_dim-64 flash kernels (UNet): key counts below, at and past the 4-key groups and
+    // the 32-key staged tiles (3, 32, 33, 77), odd query counts, both query tiles and map
+    // kernels (check_case); causal d = 64 takes the generic pass.
+    for (i, (batch, nq, nk, heads)) in [(2, 37, 77, 3), (1, 5, 3, 2), (1, 70, 33, 1), (2, 9, 32, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        check_case(batch, nq, nk, heads, 64, false, None, i as u64);
+    }
+    check_case(1, 19, 19, 2, 64, true, None, 5);
+}
+
+#[test]
 fn flash_query_tile_fits_few_queries_on_cpu_adapters() {
     let c = ctx();
     for (nq, cpu_tile) in [

@@ -20,6 +20,9 @@ use crate::tensor::{DType, Tensor};
 crate::shader_family!(pub SHADER, "attention");
 const FLASH: Kernel = SHADER.kernel("flash_attention");
 const FLASH_Q8: Kernel = SHADER.kernel("flash_attention_q8");
+const FLASH_D64: Kernel = SHADER.kernel("flash_attention_d64");
+const FLASH_D64_Q8: Kernel = SHADER.kernel("flash_attention_d64_q8");
+const FLASH_D64_LSE: Kernel = SHADER.kernel("flash_attention_d64_lse");
 const FLASH_LSE: Kernel = SHADER.kernel("flash_attention_lse");
 const MAP: Kernel = SHADER.kernel("head_mean_map");
 const MAP_REG8: Kernel = SHADER.kernel("head_mean_map_reg8");
@@ -196,6 +199,12 @@ fn params(d: &Dims, opts: &AttentionOptions, q_tile: usize, k_tiles: usize) -> R
     })
 }
 
+/// Whether the flash pass runs the head_dim-64 kernels (q and the accumulator in registers,
+/// 4 keys per softmax rescale): head_dim 64 without a causal mask (SD-XL's UNet).
+fn uses_d64(d: &Dims, opts: &AttentionOptions) -> bool {
+    d.head_dim == 64 && !opts.causal
+}
+
 /// Multi-head attention `softmax(Q K^T * scale) V` per head.
 ///
 /// `q` `[B, Nq, H*D]`, `k` and `v` `[B, Nk, H*D]` (one float dtype), `D <= 128`.
@@ -223,8 +232,11 @@ pub fn attention_with_tile(
     query_tile: usize,
 ) -> Result<Tensor> {
     let d = check(q, k, v, opts)?;
+    let d64 = uses_d64(&d, opts);
     let kernel = match query_tile {
+        TQ if d64 => &FLASH_D64,
         TQ => &FLASH,
+        TQ_SMALL if d64 => &FLASH_D64_Q8,
         TQ_SMALL => &FLASH_Q8,
         t => {
             return Err(Error::shape(
@@ -282,7 +294,11 @@ pub fn attention_with_map_kernel(
     ctx.note_flops(d.flops());
     ctx.dispatch(
         OP,
-        &FLASH_LSE,
+        if uses_d64(&d, opts) {
+            &FLASH_D64_LSE
+        } else {
+            &FLASH_LSE
+        },
         d.dtype,
         bytemuck::bytes_of(&p),
         &[("q", q), ("k", k), ("v", v), ("out", &out), ("lse", &lse)],
