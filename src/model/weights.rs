@@ -349,10 +349,28 @@ impl WeightStore {
         ))
     }
 
-    fn upload(&self, ctx: &GpuContext, name: &str, dtype: DType) -> Result<Tensor> {
+    /// Uploads a tensor in `dtype`; with `transpose`, `[out, rest...]` is transposed on the
+    /// host to `[prod(rest), out]` first (the caller reshapes).
+    fn upload(
+        &self,
+        ctx: &GpuContext,
+        name: &str,
+        dtype: DType,
+        transpose: bool,
+    ) -> Result<Tensor> {
         let loc = &self.entries[name];
         let f = &self.files[loc.file];
         let (dt, shape, bytes) = self.raw(loc);
+        let (shape, bytes) = if transpose {
+            // [out, rest...] as the matrix [out, prod(rest)], transposed.
+            let elem = (dt.bitsize() / 8).max(1);
+            let rows = shape.first().copied().unwrap_or(1);
+            let m = [rows, shape.iter().skip(1).product()];
+            let (s, b) = transformed(Transform::Transpose, elem, &m, &bytes);
+            (s, Cow::Owned(b.into_owned()))
+        } else {
+            (shape, bytes)
+        };
         let what = |e: String| Error::Invalid(format!("{}: '{}': {e}", f.path.display(), loc.key));
         match (dt, dtype) {
             (Dtype::F16, DType::F16) => {
@@ -447,12 +465,20 @@ impl<'a> WeightLoader<'a> {
         }
     }
 
-    fn synthetic_weight(&self, seed: u32, name: &str, shape: &[usize]) -> Result<Tensor> {
+    /// A random weight of the model's shape `want` (fan-in from it), stored as `shape` (the
+    /// same, or its transpose: same distribution, so no transpose is needed).
+    fn synthetic_weight(
+        &self,
+        seed: u32,
+        name: &str,
+        want: &[usize],
+        shape: &[usize],
+    ) -> Result<Tensor> {
         let key = name
             .bytes()
             .fold(seed, |h, b| crate::prune::tome::mix32(h ^ b as u32));
-        let (offset, scale) = if shape.len() >= 2 {
-            let fan_in: usize = shape[1..].iter().product();
+        let (offset, scale) = if want.len() >= 2 {
+            let fan_in: usize = want[1..].iter().product();
             (0.0, (3.0 / fan_in.max(1) as f32).sqrt())
         } else if name.ends_with("bias") {
             (0.0, 0.02)
@@ -511,36 +537,37 @@ impl<'a> WeightLoader<'a> {
         }
     }
 
-    /// The tensor `name` with shape `shape`. Shapes that differ only by trailing 1s (1x1 conv
-    /// kernels stored as linear weights and back) are accepted and viewed as `shape`.
-    /// A linear layer's weight `[out, in]`: on CPU adapters transposed to `[in, out]` on the
-    /// GPU (the flag says which). Placeholders (missing or failed weights) stay as they are.
+    /// A linear layer's weight `[out, in]`; on CPU adapters stored transposed, `[in, out]`
+    /// (transposed on the host while loading; the flag says which).
     pub fn get_linear(&mut self, name: &str, out: usize, inp: usize) -> (Tensor, bool) {
-        let before = (self.missing.len(), self.wrong_shape.len());
-        let w = self.get(name, &[out, inp]);
-        let real = self.failed.is_none()
-            && before == (self.missing.len(), self.wrong_shape.len())
-            && (self.store.is_some() || self.synthetic.is_some() || self.ctx.is_plan_only());
-        if !real || !self.ctx.is_cpu_adapter() {
-            return (w, false);
-        }
-        match crate::ops::layout::transpose_last2(self.ctx, &w) {
-            Ok(t) => (t, true),
-            Err(e) => {
-                self.failed = Some(e);
-                (w, false)
-            }
-        }
+        let transpose = self.ctx.is_cpu_adapter();
+        (self.get_impl(name, &[out, inp], transpose), transpose)
     }
 
+    /// The tensor `name` with shape `shape`. Shapes that differ only by trailing 1s (1x1 conv
+    /// kernels stored as linear weights and back) are accepted and viewed as `shape`.
     pub fn get(&mut self, name: &str, shape: &[usize]) -> Tensor {
-        self.requested.push((name.to_string(), shape.to_vec()));
+        self.get_impl(name, shape, false)
+    }
+
+    /// [`WeightLoader::get`]; with `transpose`, the `[out, rest...]` tensor is returned with
+    /// its first dimension moved last, `[rest..., out]`.
+    fn get_impl(&mut self, name: &str, want: &[usize], transpose: bool) -> Tensor {
+        self.requested.push((name.to_string(), want.to_vec()));
+        let transpose = transpose && want.len() >= 2;
+        let stored: Vec<usize> = if transpose {
+            want[1..].iter().chain(&want[..1]).copied().collect()
+        } else {
+            want.to_vec()
+        };
+        // `want`: the model's (PyTorch) shape, checked and reported; `shape`: as stored.
+        let shape = stored.as_slice();
         let Some(store) = self.store else {
             if let Some(seed) = self.synthetic {
                 if self.failed.is_some() {
                     return self.placeholder(shape);
                 }
-                return match self.synthetic_weight(seed, name, shape) {
+                return match self.synthetic_weight(seed, name, want, shape) {
                     Ok(t) => t,
                     Err(e) => {
                         self.failed = Some(e);
@@ -564,7 +591,7 @@ impl<'a> WeightLoader<'a> {
             return self.placeholder(shape);
         }
         let Some(have) = store.shape(name) else {
-            self.missing.push(format!("{name} {shape:?}"));
+            self.missing.push(format!("{name} {want:?}"));
             return self.placeholder(shape);
         };
         self.used.insert(name.to_string());
@@ -575,13 +602,13 @@ impl<'a> WeightLoader<'a> {
             }
             v
         };
-        if strip(&have) != strip(shape) {
+        if strip(&have) != strip(want) {
             self.wrong_shape
-                .push(format!("{name}: file has {have:?}, model needs {shape:?}"));
+                .push(format!("{name}: file has {have:?}, model needs {want:?}"));
             return self.placeholder(shape);
         }
         match store
-            .upload(self.ctx, name, self.dtype)
+            .upload(self.ctx, name, self.dtype, transpose)
             .and_then(|t| t.reshape(shape))
         {
             Ok(t) => t,
