@@ -114,8 +114,10 @@ fn bench_reps_0_runs_one_step_and_reports_the_plans_memory() {
     )
     .unwrap();
     let p = planned[0].peak_bytes;
+    // Same code path, same pool: equal here (1,068,288 bytes for the tiny config); 1% allows
+    // for a size-class difference.
     assert!(
-        (p as f64 - peak as f64).abs() <= 0.05 * peak as f64,
+        (p as f64 - peak as f64).abs() <= 0.01 * peak as f64,
         "planned {p} vs actual {peak}"
     );
 }
