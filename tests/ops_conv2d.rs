@@ -63,6 +63,80 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+    // The 3x3-rows kernel (Auto's choice on CPU adapters for these shapes), chosen explicitly
+    // so it runs on any adapter: output widths of 8-24 (1-3 blocks of 8 per row, rows that
+    // start mid-tile), paddings 0-2 (2: every segment pixel can be padding), odd channel
+    // counts (a partial block of 8), batch 1-2, all epilogues, f32 and f16.
+    #[test]
+    fn conv2d_rows3x3_matches_cpu(b in 1usize..3, cin in 1usize..12, cout in 1usize..40,
+                                  ho in 1usize..11, wo_blocks in 1usize..4, padding in 0usize..3,
+                                  epi in 0u8..4, seed in any::<u64>()) {
+        let (h, w) = (ho + 2 - 2 * padding.min(1), 8 * wo_blocks + 2 - 2 * padding);
+        // padding 2 needs ho >= 3 so that h >= 1.
+        let (h, ho) = if padding == 2 { (ho.max(3) - 2, ho.max(3)) } else { (h, ho) };
+        let xs = [b, cin, h, w];
+        let ws = [cout, cin, 3, 3];
+        let os = [b, cout, ho, 8 * wo_blocks];
+        let mut r = rng(seed);
+        for dtype in DTYPES {
+            let x = round_to(dtype, &rand_vec(&mut r, xs.iter().product(), 1.0));
+            let wt = round_to(dtype, &rand_vec(&mut r, ws.iter().product(), 1.0));
+            let bias = round_to(dtype, &rand_vec(&mut r, cout, 1.0));
+            let res = round_to(dtype, &rand_vec(&mut r, os.iter().product(), 1.0));
+            let (bias_t, res_t) = (upload(&bias, &[cout], dtype), upload(&res, &os, dtype));
+            let (use_bias, use_res) = (epi & 1 == 1, epi & 2 == 2);
+            let opts = Conv2dOptions {
+                stride: 1,
+                padding,
+                bias: use_bias.then_some(&bias_t),
+                residual: use_res.then_some(&res_t),
+                kernel: ConvKernel::Rows3x3,
+            };
+            let (x_t, w_t) = (upload(&x, &xs, dtype), upload(&wt, &ws, dtype));
+            let out = conv2d::conv2d(ctx(), &x_t, &w_t, &opts).unwrap();
+            let (want, want_shape) = conv2d::cpu_conv2d(&x, &xs, &wt, &ws, 1, padding,
+                use_bias.then_some(&bias[..]), use_res.then_some(&res[..]));
+            prop_assert_eq!(out.shape(), &os[..]);
+            prop_assert_eq!(want_shape.as_slice(), &os[..]);
+            assert_close(&download(&out), &want, tol(dtype),
+                &format!("conv2d rows3x3 x {xs:?} w {ws:?} p {padding} epi {epi} {dtype}"));
+        }
+    }
+}
+
+#[test]
+fn rows3x3_kernel_refuses_other_shapes() {
+    let f = DType::F32;
+    let t =
+        |shape: &[usize], dtype: DType| upload(&vec![0.5; shape.iter().product()], shape, dtype);
+    assert!(conv2d::rows3x3_applies(3, 3, 1, 16));
+    for (xs, ws, stride) in [
+        ([1, 2, 8, 12], [4, 2, 3, 3], 1), // output width 12
+        ([1, 2, 16, 16], [4, 2, 3, 3], 2), // stride 2
+        ([1, 2, 8, 8], [4, 2, 1, 1], 1),  // 1x1
+    ] {
+        let opts = Conv2dOptions {
+            stride,
+            padding: 1,
+            kernel: ConvKernel::Rows3x3,
+            ..Default::default()
+        };
+        let e = conv2d::conv2d(ctx(), &t(&xs, f), &t(&ws, f), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("3x3-rows") && e.contains(&format!("{ws:?}")), "{e}");
+        // Auto falls back to a general kernel for the same shape.
+        let auto = Conv2dOptions {
+            kernel: ConvKernel::Auto,
+            ..opts
+        };
+        conv2d::conv2d(ctx(), &t(&xs, f), &t(&ws, f), &auto).unwrap();
+    }
+}
+
 #[test]
 fn conv2d_known_values() {
     // 1 channel 3x3 input of 1..9, 3x3 all-ones kernel, padding 1: sums of 3x3 neighbourhoods.

@@ -139,7 +139,7 @@ pub fn measure(
         if wanted("linear") {
             let f = 1280 / s;
             let w = random(ctx, &[f, f], dtype, 2, 1.0)?;
-            for rows in [12, 32, 50, 98, 154] {
+            for rows in [12, 32, 50, 98, 128, 154] {
                 let x = random(ctx, &[rows, f], dtype, 1, 1.0)?;
                 for (kernel, trans_b, tag) in [
                     (matmul::MatmulKernel::Registers, true, "regs 4x4"),
@@ -176,6 +176,7 @@ pub fn measure(
             for (kernel, tag) in [
                 (conv2d::ConvKernel::Tiled, "tiled"),
                 (conv2d::ConvKernel::Registers8, "regs 8x8"),
+                (conv2d::ConvKernel::Rows3x3, "regs 8x8, row segments"),
             ] {
                 let opts = conv2d::Conv2dOptions {
                     stride: 1,

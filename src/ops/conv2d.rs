@@ -13,11 +13,13 @@ use crate::tensor::Tensor;
 crate::shader_family!(pub SHADER, "conv2d");
 const CONV2D: Kernel = SHADER.kernel("conv2d");
 const CONV2D_REG8: Kernel = SHADER.kernel("conv2d_reg8");
+const CONV2D_3X3_REG8: Kernel = SHADER.kernel("conv2d_3x3_reg8");
 
 /// Which convolution kernel runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvKernel {
-    /// `Registers8` on CPU adapters (lavapipe), `Tiled` on GPUs.
+    /// On CPU adapters (lavapipe) `Rows3x3` where it applies, else `Registers8`; `Tiled` on
+    /// GPUs.
     #[default]
     Auto,
     /// 64x64 output tiles, K slabs (im2col gathered while staging) in workgroup memory.
@@ -25,10 +27,25 @@ pub enum ConvKernel {
     /// 64x64 output tiles of 8x8 register blocks read straight from storage: on lavapipe,
     /// where each storage load costs far more than a multiply-add, 4 multiply-adds per load.
     Registers8,
+    /// `Registers8`'s tiles for 3x3 stride-1 convolutions with `Wo % 8 == 0`: each invocation's
+    /// 8 columns are neighbouring pixels of one output row, so an input row segment is loaded
+    /// once for the 3 kernel columns. Other shapes are an error when asked for explicitly.
+    Rows3x3,
+}
+
+/// Whether [`ConvKernel::Rows3x3`] can run a convolution: a 3x3 kernel, stride 1 (all of
+/// SD-XL's and its VAE's convolutions but the downsamplers and 1x1 shortcuts), and output rows
+/// of a multiple of 8 pixels.
+pub fn rows3x3_applies(kh: usize, kw: usize, stride: usize, wo: usize) -> bool {
+    kh == 3 && kw == 3 && stride == 1 && wo % 8 == 0
 }
 
 /// Output tile edge of the kernel (GEMM rows and columns).
 const TILE: usize = 64;
+/// Output channels per workgroup of the 3x3-rows kernel (one 8x8 block per invocation, 8
+/// invocations side by side): the channels, hence the weight loads, are the same for the
+/// whole workgroup, and lavapipe turns such uniform loads into one scalar load.
+const ROWS3X3_TILE_M: usize = 8;
 
 /// Options of [`conv2d`]. Default: stride 1, padding 0, no bias, no residual.
 #[derive(Clone, Copy, Debug)]
@@ -172,16 +189,31 @@ pub fn conv2d(
         tiles_n: dim32(OP, tiles_n)?,
         _pad: 0,
     };
-    // Unused epilogue bindings get `x` as a placeholder (never read: the flags are off).
-    let workgroups = (ws[0].div_ceil(TILE) * tiles_n) as u64;
     ctx.note_flops(2.0 * (ws[0] * ndim) as f64 * kdim as f64);
-    let registers = match opts.kernel {
-        ConvKernel::Auto => ctx.is_cpu_adapter(),
-        k => k == ConvKernel::Registers8,
+    let rows3x3 = rows3x3_applies(ws[2], ws[3], opts.stride, shape[3]);
+    // The kernel and its tile height (output channels per workgroup; 64 GEMM columns).
+    let (kernel, tile_m) = match opts.kernel {
+        ConvKernel::Auto if ctx.is_cpu_adapter() && rows3x3 => (&CONV2D_3X3_REG8, ROWS3X3_TILE_M),
+        ConvKernel::Auto if ctx.is_cpu_adapter() => (&CONV2D_REG8, TILE),
+        ConvKernel::Auto | ConvKernel::Tiled => (&CONV2D, TILE),
+        ConvKernel::Registers8 => (&CONV2D_REG8, TILE),
+        ConvKernel::Rows3x3 if rows3x3 => (&CONV2D_3X3_REG8, ROWS3X3_TILE_M),
+        ConvKernel::Rows3x3 => {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "the 3x3-rows kernel needs a 3x3 kernel, stride 1 and an output width that \
+                     is a multiple of 8 (x {xs:?}, weight {ws:?}, stride {}, output {shape:?})",
+                    opts.stride
+                ),
+            ))
+        }
     };
+    let workgroups = (ws[0].div_ceil(tile_m) * tiles_n) as u64;
+    // Unused epilogue bindings get `x` as a placeholder (never read: the flags are off).
     ctx.dispatch(
         OP,
-        if registers { &CONV2D_REG8 } else { &CONV2D },
+        kernel,
         dtype,
         bytemuck::bytes_of(&params),
         &[
