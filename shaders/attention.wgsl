@@ -47,22 +47,49 @@ struct FlashRow {
     l: f32,      // sum of exp(s - m)
 };
 
-// One workgroup per (b, h, tile of `tq` queries); workgroup id `wg` < B * H * q_tiles (checked
-// by the caller). Writes o for its query and returns its softmax statistics.
-fn flash(wg: u32, lid: u32, tq: u32) -> FlashRow {
-    let qt = wg % ap.q_tiles;
-    let bh = wg / ap.q_tiles;
-    let h = bh % ap.heads;
-    let b = bh / ap.heads;
-    let d = ap.head_dim;
-    let i = qt * tq + lid;
-    let live = i < ap.nq;
+// Where a flash invocation works: one workgroup per (b, h, tile of `tq` queries), one query
+// `i` per invocation (`live`: i < Nq; dead lanes still help stage the key tiles).
+struct FlashSite {
+    b: u32,
+    h: u32,
+    qt: u32,     // query tile
+    i: u32,
+    live: bool,
+    row: u32,    // (b * H + h) * Nq + i, the lse index
+    qbase: u32,  // offset of the query's (clamped to Nq - 1) head slice in q and o
+};
 
+// Workgroup id `wg` < flash_groups() (checked by the caller); head_dim d.
+fn flash_site(wg: u32, lid: u32, tq: u32, d: u32) -> FlashSite {
+    let bh = wg / ap.q_tiles;
+    let b = bh / ap.heads;
+    let h = bh % ap.heads;
+    let qt = wg % ap.q_tiles;
+    let i = qt * tq + lid;
+    let qbase = (b * ap.nq + min(i, ap.nq - 1u)) * ap.width + h * d;
+    return FlashSite(b, h, qt, i, i < ap.nq, bh * ap.nq + i, qbase);
+}
+
+// Workgroups of a flash pass: one per (b, h, query tile).
+fn flash_groups() -> u32 {
+    return ap.batch * ap.heads * ap.q_tiles;
+}
+
+// The row log-sum-exp m + ln(l) per (b, h, i), for the map pass.
+fn store_lse(r: FlashRow) {
+    if (r.live) {
+        lse[r.row] = r.m + log(r.l);
+    }
+}
+
+// Writes o for the site's query and returns its softmax statistics (any head_dim <= MAX_D).
+fn flash(wg: u32, lid: u32, tq: u32) -> FlashRow {
+    let d = ap.head_dim;
+    let site = flash_site(wg, lid, tq, d);
     var qv: array<f32, MAX_D>;
     var acc: array<f32, MAX_D>;
-    let qbase = (b * ap.nq + min(i, ap.nq - 1u)) * ap.width + h * d;
     for (var c = 0u; c < d; c++) {
-        qv[c] = f32(q[qbase + c]) * ap.scale;
+        qv[c] = f32(q[site.qbase + c]) * ap.scale;
         acc[c] = 0.0;
     }
     var m = -1e30;
@@ -70,20 +97,20 @@ fn flash(wg: u32, lid: u32, tq: u32) -> FlashRow {
     // Causal: keys past the tile's last query are masked for all of its queries.
     var kend = ap.nk;
     if (ap.causal != 0u) {
-        kend = min(ap.nk, (qt + 1u) * tq);
+        kend = min(ap.nk, (site.qt + 1u) * tq);
     }
     for (var j0 = 0u; j0 < kend; j0 += ap.key_tile) {
         let nt = min(ap.key_tile, kend - j0);
         workgroupBarrier();
         for (var e = lid; e < nt * d; e += tq) {
-            let g = (b * ap.nk + j0 + e / d) * ap.width + h * d + e % d;
+            let g = (site.b * ap.nk + j0 + e / d) * ap.width + site.h * d + e % d;
             tile_a[e] = f32(k[g]);
             tile_b[e] = f32(v[g]);
         }
         workgroupBarrier();
         var jn = nt;
         if (ap.causal != 0u) {
-            jn = select(min(nt, i + 1u - j0), 0u, i < j0);
+            jn = select(min(nt, site.i + 1u - j0), 0u, site.i < j0);
         }
         for (var jj = 0u; jj < jn; jj++) {
             let kb = jj * d;
@@ -106,20 +133,20 @@ fn flash(wg: u32, lid: u32, tq: u32) -> FlashRow {
             }
         }
     }
-    if (live) {
+    if (site.live) {
         let inv = 1.0 / l;
         for (var c = 0u; c < d; c++) {
-            o[qbase + c] = ST(acc[c] * inv);
+            o[site.qbase + c] = ST(acc[c] * inv);
         }
     }
-    return FlashRow(live, bh * ap.nq + i, m, l);
+    return FlashRow(site.live, site.row, m, l);
 }
 
 @compute @workgroup_size(64)
 fn flash_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
     let wg = wid.x + wid.y * nwg.x;
-    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
+    if (wg >= flash_groups()) { return; }
     _ = flash(wg, lid, TQ);
 }
 
@@ -129,7 +156,7 @@ fn flash_attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 fn flash_attention_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let wg = wid.x + wid.y * nwg.x;
-    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
+    if (wg >= flash_groups()) { return; }
     _ = flash(wg, lid, TQ_SMALL);
 }
 
@@ -138,11 +165,8 @@ fn flash_attention_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 fn flash_attention_lse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
     let wg = wid.x + wid.y * nwg.x;
-    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
-    let r = flash(wg, lid, TQ);
-    if (r.live) {
-        lse[r.row] = r.m + log(r.l);
-    }
+    if (wg >= flash_groups()) { return; }
+    store_lse(flash(wg, lid, TQ));
 }
 
 // ------------------------------------------------------------------ flash pass, head_dim 64
@@ -164,17 +188,11 @@ fn load4(src_is_k: bool, g: u32) -> vec4<f32> {
 }
 
 fn flash64(wg: u32, lid: u32, tq: u32) -> FlashRow {
-    let qt = wg % ap.q_tiles;
-    let bh = wg / ap.q_tiles;
-    let h = bh % ap.heads;
-    let b = bh / ap.heads;
-    let i = qt * tq + lid;
-    let live = i < ap.nq;
-    let qbase = (b * ap.nq + min(i, ap.nq - 1u)) * ap.width + h * 64u;
+    let site = flash_site(wg, lid, tq, 64u);
     var qv: array<vec4<f32>, 16>;
     var acc: array<vec4<f32>, 16>;
     for (var c = 0u; c < 16u; c++) {
-        let g = qbase + 4u * c;
+        let g = site.qbase + 4u * c;
         qv[c] = vec4<f32>(f32(q[g]), f32(q[g + 1u]), f32(q[g + 2u]), f32(q[g + 3u])) * ap.scale;
         acc[c] = vec4<f32>();
     }
@@ -185,7 +203,7 @@ fn flash64(wg: u32, lid: u32, tq: u32) -> FlashRow {
         workgroupBarrier();
         // All 32 key slots are staged (slots past the last key repeat it; they get p = 0).
         for (var e = lid; e < KT64 * 16u; e += tq) {
-            let g = (b * ap.nk + j0 + min(e / 16u, nt - 1u)) * ap.width + h * 64u + (e % 16u) * 4u;
+            let g = (site.b * ap.nk + j0 + min(e / 16u, nt - 1u)) * ap.width + site.h * 64u + (e % 16u) * 4u;
             k4[e] = load4(true, g);
             v4[e] = load4(false, g);
         }
@@ -211,25 +229,25 @@ fn flash64(wg: u32, lid: u32, tq: u32) -> FlashRow {
             m = mn;
         }
     }
-    if (live) {
+    if (site.live) {
         let inv = 1.0 / l;
         for (var c = 0u; c < 16u; c++) {
             let r = acc[c] * inv;
-            let g = qbase + 4u * c;
+            let g = site.qbase + 4u * c;
             o[g] = ST(r.x);
             o[g + 1u] = ST(r.y);
             o[g + 2u] = ST(r.z);
             o[g + 3u] = ST(r.w);
         }
     }
-    return FlashRow(live, bh * ap.nq + i, m, l);
+    return FlashRow(site.live, site.row, m, l);
 }
 
 @compute @workgroup_size(64)
 fn flash_attention_d64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
     let wg = wid.x + wid.y * nwg.x;
-    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
+    if (wg >= flash_groups()) { return; }
     _ = flash64(wg, lid, TQ);
 }
 
@@ -237,7 +255,7 @@ fn flash_attention_d64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
 fn flash_attention_d64_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
     let wg = wid.x + wid.y * nwg.x;
-    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
+    if (wg >= flash_groups()) { return; }
     _ = flash64(wg, lid, TQ_SMALL);
 }
 
@@ -245,11 +263,8 @@ fn flash_attention_d64_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
 fn flash_attention_d64_lse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                            @builtin(local_invocation_index) lid: u32) {
     let wg = wid.x + wid.y * nwg.x;
-    if (wg >= ap.batch * ap.heads * ap.q_tiles) { return; }
-    let r = flash64(wg, lid, TQ);
-    if (r.live) {
-        lse[r.row] = r.m + log(r.l);
-    }
+    if (wg >= flash_groups()) { return; }
+    store_lse(flash64(wg, lid, TQ));
 }
 
 // ------------------------------------------------------------------ head-mean map pass

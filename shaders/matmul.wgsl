@@ -234,3 +234,59 @@ fn matmul_reg8_h8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
                   @builtin(local_invocation_id) lid: vec3<u32>) {
     reg8_tile(wid.x + wid.y * nwg.x, 8u, lid);
 }
+
+// 10x8 register blocks (10 rows, 8 columns) in tiles of 10 rows x 64 columns, for row counts
+// that 8-row blocks pad badly: AT-EDM's 50 kept rows at 256 px run as 5 blocks of 10 instead
+// of 7 blocks of 8 (56 rows). 18 loads per 80 multiply-adds (8x8: 16 per 64). The
+// accumulators are an array indexed by constants only, so they stay in registers.
+@compute @workgroup_size(8, 1)
+fn matmul_reg10(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tiles_m = (p.m + 9u) / 10u;
+    let per_batch = tiles_m * p.tiles_n;
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= per_batch * p.batch) { return; }
+    let bi = t / per_batch;
+    let r = t % per_batch;
+    let om = (r / p.tiles_n) * 10u;
+    let on = (r % p.tiles_n) * 64u + lid.x * 8u;
+    let a_base = bi * p.a_sb;
+    let b_base = bi * p.b_sb;
+    let lm = p.m - 1u;
+    let ln = p.n - 1u;
+    let ra0 = vec4<u32>(min(om, lm), min(om + 1u, lm), min(om + 2u, lm), min(om + 3u, lm)) * p.a_sm + vec4<u32>(a_base);
+    let ra1 = vec4<u32>(min(om + 4u, lm), min(om + 5u, lm), min(om + 6u, lm), min(om + 7u, lm)) * p.a_sm + vec4<u32>(a_base);
+    let ra2 = vec2<u32>(min(om + 8u, lm), min(om + 9u, lm)) * p.a_sm + vec2<u32>(a_base);
+    let cb0 = vec4<u32>(min(on, ln), min(on + 1u, ln), min(on + 2u, ln), min(on + 3u, ln)) * p.b_sn + vec4<u32>(b_base);
+    let cb1 = vec4<u32>(min(on + 4u, ln), min(on + 5u, ln), min(on + 6u, ln), min(on + 7u, ln)) * p.b_sn + vec4<u32>(b_base);
+    var c: array<vec4<f32>, 20>;
+    for (var k = 0u; k < p.k; k = k + 1u) {
+        let ka = k * p.a_sk;
+        let kb = k * p.b_sk;
+        let a0 = vec4<f32>(f32(a[ra0.x + ka]), f32(a[ra0.y + ka]), f32(a[ra0.z + ka]), f32(a[ra0.w + ka]));
+        let a1 = vec4<f32>(f32(a[ra1.x + ka]), f32(a[ra1.y + ka]), f32(a[ra1.z + ka]), f32(a[ra1.w + ka]));
+        let a2 = vec2<f32>(f32(a[ra2.x + ka]), f32(a[ra2.y + ka]));
+        let b0 = vec4<f32>(f32(b[cb0.x + kb]), f32(b[cb0.y + kb]), f32(b[cb0.z + kb]), f32(b[cb0.w + kb]));
+        let b1 = vec4<f32>(f32(b[cb1.x + kb]), f32(b[cb1.y + kb]), f32(b[cb1.z + kb]), f32(b[cb1.w + kb]));
+        c[0u] = c[0u] + a0.x * b0; c[1u] = c[1u] + a0.x * b1;
+        c[2u] = c[2u] + a0.y * b0; c[3u] = c[3u] + a0.y * b1;
+        c[4u] = c[4u] + a0.z * b0; c[5u] = c[5u] + a0.z * b1;
+        c[6u] = c[6u] + a0.w * b0; c[7u] = c[7u] + a0.w * b1;
+        c[8u] = c[8u] + a1.x * b0; c[9u] = c[9u] + a1.x * b1;
+        c[10u] = c[10u] + a1.y * b0; c[11u] = c[11u] + a1.y * b1;
+        c[12u] = c[12u] + a1.z * b0; c[13u] = c[13u] + a1.z * b1;
+        c[14u] = c[14u] + a1.w * b0; c[15u] = c[15u] + a1.w * b1;
+        c[16u] = c[16u] + a2.x * b0; c[17u] = c[17u] + a2.x * b1;
+        c[18u] = c[18u] + a2.y * b0; c[19u] = c[19u] + a2.y * b1;
+    }
+    store_row(bi, om + 0u, on, c[0u]); store_row(bi, om + 0u, on + 4u, c[1u]);
+    store_row(bi, om + 1u, on, c[2u]); store_row(bi, om + 1u, on + 4u, c[3u]);
+    store_row(bi, om + 2u, on, c[4u]); store_row(bi, om + 2u, on + 4u, c[5u]);
+    store_row(bi, om + 3u, on, c[6u]); store_row(bi, om + 3u, on + 4u, c[7u]);
+    store_row(bi, om + 4u, on, c[8u]); store_row(bi, om + 4u, on + 4u, c[9u]);
+    store_row(bi, om + 5u, on, c[10u]); store_row(bi, om + 5u, on + 4u, c[11u]);
+    store_row(bi, om + 6u, on, c[12u]); store_row(bi, om + 6u, on + 4u, c[13u]);
+    store_row(bi, om + 7u, on, c[14u]); store_row(bi, om + 7u, on + 4u, c[15u]);
+    store_row(bi, om + 8u, on, c[16u]); store_row(bi, om + 8u, on + 4u, c[17u]);
+    store_row(bi, om + 9u, on, c[18u]); store_row(bi, om + 9u, on + 4u, c[19u]);
+}

@@ -5,6 +5,64 @@ use atedm::DType;
 use common::*;
 use proptest::prelude::*;
 
+/// `conv2d` with `kernel` against the CPU reference, in f32 and f16, with the epilogue `epi`
+/// (bit 0: bias, bit 1: residual) on random data from `seed`.
+fn check_against_cpu(
+    seed: u64,
+    xs: [usize; 4],
+    ws: [usize; 4],
+    stride: usize,
+    padding: usize,
+    epi: u8,
+    kernel: ConvKernel,
+) -> Result<(), TestCaseError> {
+    let cout = ws[0];
+    let os = [
+        xs[0],
+        cout,
+        (xs[2] + 2 * padding - ws[2]) / stride + 1,
+        (xs[3] + 2 * padding - ws[3]) / stride + 1,
+    ];
+    let mut r = rng(seed);
+    for dtype in DTYPES {
+        let x = round_to(dtype, &rand_vec(&mut r, xs.iter().product(), 1.0));
+        let wt = round_to(dtype, &rand_vec(&mut r, ws.iter().product(), 1.0));
+        let bias = round_to(dtype, &rand_vec(&mut r, cout, 1.0));
+        let res = round_to(dtype, &rand_vec(&mut r, os.iter().product(), 1.0));
+        let (bias_t, res_t) = (upload(&bias, &[cout], dtype), upload(&res, &os, dtype));
+        let (use_bias, use_res) = (epi & 1 == 1, epi & 2 == 2);
+        let opts = Conv2dOptions {
+            stride,
+            padding,
+            bias: use_bias.then_some(&bias_t),
+            residual: use_res.then_some(&res_t),
+            kernel,
+        };
+        // Inputs stay alive until the download: see the pooled-buffer race noted in the report.
+        let (x_t, w_t) = (upload(&x, &xs, dtype), upload(&wt, &ws, dtype));
+        let out = conv2d::conv2d(ctx(), &x_t, &w_t, &opts).unwrap();
+        let (want, want_shape) = conv2d::cpu_conv2d(
+            &x,
+            &xs,
+            &wt,
+            &ws,
+            stride,
+            padding,
+            use_bias.then_some(&bias[..]),
+            use_res.then_some(&res[..]),
+        );
+        prop_assert_eq!(out.shape(), &os[..]);
+        prop_assert_eq!(want_shape.as_slice(), &os[..]);
+        assert_close(
+            &download(&out),
+            &want,
+            tol(dtype),
+            &format!("conv2d {kernel:?} x {xs:?} w {ws:?} s {stride} p {padding} epi {epi} {dtype}"),
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
 
@@ -14,36 +72,23 @@ proptest! {
                           seed in any::<u64>(), tiled in any::<bool>()) {
         // 3x3 stride 1 pad 1, 3x3 stride 2 pad 1, 1x1 stride 1 pad 0 (the SDXL UNet/VAE convs).
         let (k, stride, padding) = match kind { 0 => (3, 1, 1), 1 => (3, 2, 1), _ => (1, 1, 0) };
-        let xs = [b, cin, h, w];
-        let ws = [cout, cin, k, k];
-        let os = [b, cout, (h + 2 * padding - k) / stride + 1, (w + 2 * padding - k) / stride + 1];
-        let mut r = rng(seed);
-        for dtype in DTYPES {
-            let x = round_to(dtype, &rand_vec(&mut r, xs.iter().product(), 1.0));
-            let wt = round_to(dtype, &rand_vec(&mut r, ws.iter().product(), 1.0));
-            let bias = round_to(dtype, &rand_vec(&mut r, cout, 1.0));
-            let res = round_to(dtype, &rand_vec(&mut r, os.iter().product(), 1.0));
-            let (bias_t, res_t) = (upload(&bias, &[cout], dtype), upload(&res, &os, dtype));
-            let (use_bias, use_res) = (epi & 1 == 1, epi & 2 == 2);
-            // Both kernels whatever the adapter (Auto picks one of them).
-            let kernel = if tiled { ConvKernel::Tiled } else { ConvKernel::Registers8 };
-            let opts = Conv2dOptions {
-                stride,
-                padding,
-                bias: use_bias.then_some(&bias_t),
-                residual: use_res.then_some(&res_t),
-                kernel,
-            };
-            // Inputs stay alive until the download: see the pooled-buffer race noted in the report.
-            let (x_t, w_t) = (upload(&x, &xs, dtype), upload(&wt, &ws, dtype));
-            let out = conv2d::conv2d(ctx(), &x_t, &w_t, &opts).unwrap();
-            let (want, want_shape) = conv2d::cpu_conv2d(&x, &xs, &wt, &ws, stride, padding,
-                use_bias.then_some(&bias[..]), use_res.then_some(&res[..]));
-            prop_assert_eq!(out.shape(), &os[..]);
-            prop_assert_eq!(want_shape.as_slice(), &os[..]);
-            assert_close(&download(&out), &want, tol(dtype),
-                &format!("conv2d x {xs:?} w {ws:?} s {stride} p {padding} epi {epi} {dtype}"));
-        }
+        // Both general kernels whatever the adapter (Auto picks one of the kernels).
+        let kernel = if tiled { ConvKernel::Tiled } else { ConvKernel::Registers8 };
+        check_against_cpu(seed, [b, cin, h, w], [cout, cin, k, k], stride, padding, epi, kernel)?;
+    }
+
+    // The 3x3-rows kernel (Auto's choice on CPU adapters for these shapes), chosen explicitly
+    // so it runs on any adapter: output widths of 8-24 (1-3 blocks of 8 per row, rows that
+    // start mid-tile), paddings 0-2 (2: every segment pixel can be padding), odd channel
+    // counts (a partial block of 8), batch 1-2, all epilogues, f32 and f16.
+    #[test]
+    fn conv2d_rows3x3_matches_cpu(b in 1usize..3, cin in 1usize..12, cout in 1usize..40,
+                                  ho in 1usize..11, wo_blocks in 1usize..4, padding in 0usize..3,
+                                  epi in 0u8..4, seed in any::<u64>()) {
+        // Input size for the output size: h = ho + 2 - 2 * padding (padding 2 needs ho >= 3).
+        let ho = if padding == 2 { ho.max(3) } else { ho };
+        let (h, w) = (ho + 2 - 2 * padding, 8 * wo_blocks + 2 - 2 * padding);
+        check_against_cpu(seed, [b, cin, h, w], [cout, cin, 3, 3], 1, padding, epi, ConvKernel::Rows3x3)?;
     }
 
     #[test]
@@ -60,50 +105,6 @@ proptest! {
         let (want, shape) = conv2d::cpu_conv2d(&x, &xs, &wt, &ws, stride, padding, None, None);
         prop_assert_eq!(out.shape(), shape.as_slice());
         assert_close(&download(&out), &want, tol(DType::F32), &format!("conv2d {kh}x{kw} s {stride} p {padding}"));
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
-
-    // The 3x3-rows kernel (Auto's choice on CPU adapters for these shapes), chosen explicitly
-    // so it runs on any adapter: output widths of 8-24 (1-3 blocks of 8 per row, rows that
-    // start mid-tile), paddings 0-2 (2: every segment pixel can be padding), odd channel
-    // counts (a partial block of 8), batch 1-2, all epilogues, f32 and f16.
-    #[test]
-    fn conv2d_rows3x3_matches_cpu(b in 1usize..3, cin in 1usize..12, cout in 1usize..40,
-                                  ho in 1usize..11, wo_blocks in 1usize..4, padding in 0usize..3,
-                                  epi in 0u8..4, seed in any::<u64>()) {
-        let (h, w) = (ho + 2 - 2 * padding.min(1), 8 * wo_blocks + 2 - 2 * padding);
-        // padding 2 needs ho >= 3 so that h >= 1.
-        let (h, ho) = if padding == 2 { (ho.max(3) - 2, ho.max(3)) } else { (h, ho) };
-        let xs = [b, cin, h, w];
-        let ws = [cout, cin, 3, 3];
-        let os = [b, cout, ho, 8 * wo_blocks];
-        let mut r = rng(seed);
-        for dtype in DTYPES {
-            let x = round_to(dtype, &rand_vec(&mut r, xs.iter().product(), 1.0));
-            let wt = round_to(dtype, &rand_vec(&mut r, ws.iter().product(), 1.0));
-            let bias = round_to(dtype, &rand_vec(&mut r, cout, 1.0));
-            let res = round_to(dtype, &rand_vec(&mut r, os.iter().product(), 1.0));
-            let (bias_t, res_t) = (upload(&bias, &[cout], dtype), upload(&res, &os, dtype));
-            let (use_bias, use_res) = (epi & 1 == 1, epi & 2 == 2);
-            let opts = Conv2dOptions {
-                stride: 1,
-                padding,
-                bias: use_bias.then_some(&bias_t),
-                residual: use_res.then_some(&res_t),
-                kernel: ConvKernel::Rows3x3,
-            };
-            let (x_t, w_t) = (upload(&x, &xs, dtype), upload(&wt, &ws, dtype));
-            let out = conv2d::conv2d(ctx(), &x_t, &w_t, &opts).unwrap();
-            let (want, want_shape) = conv2d::cpu_conv2d(&x, &xs, &wt, &ws, 1, padding,
-                use_bias.then_some(&bias[..]), use_res.then_some(&res[..]));
-            prop_assert_eq!(out.shape(), &os[..]);
-            prop_assert_eq!(want_shape.as_slice(), &os[..]);
-            assert_close(&download(&out), &want, tol(dtype),
-                &format!("conv2d rows3x3 x {xs:?} w {ws:?} p {padding} epi {epi} {dtype}"));
-        }
     }
 }
 

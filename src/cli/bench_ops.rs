@@ -154,6 +154,11 @@ pub fn measure(
                         false,
                         "fitted tile, W^T stored",
                     ),
+                    (
+                        matmul::MatmulKernel::Registers10,
+                        false,
+                        "10-row blocks, W^T stored",
+                    ),
                 ] {
                     let opts = matmul::MatmulOptions {
                         trans_b,
