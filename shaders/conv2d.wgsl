@@ -129,6 +129,12 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     store_row(om + 3u, on, acc3);
 }
 
+// Weight row starts of output channels co0..co0+3 (clamped to the last channel for the loads).
+fn weight_rows4(co0: u32) -> vec4<u32> {
+    let lm = p.cout - 1u;
+    return vec4<u32>(min(co0, lm), min(co0 + 1u, lm), min(co0 + 2u, lm), min(co0 + 3u, lm)) * p.kdim;
+}
+
 // im2col element: x at (ih, iw) of plane `base` (channel offset included), 0 in the padding.
 fn xval(base: u32, ih: i32, iw: i32) -> f32 {
     if (ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w)) {
@@ -149,9 +155,8 @@ fn conv2d_reg8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (t >= tiles_m * p.tiles_n) { return; }
     let om = (t / p.tiles_n) * 64u + lid.y * 8u;
     let on = (t % p.tiles_n) * 64u + lid.x * 8u;
-    let lm = p.cout - 1u;
-    let ra0 = vec4<u32>(min(om, lm), min(om + 1u, lm), min(om + 2u, lm), min(om + 3u, lm)) * p.kdim;
-    let ra1 = vec4<u32>(min(om + 4u, lm), min(om + 5u, lm), min(om + 6u, lm), min(om + 7u, lm)) * p.kdim;
+    let ra0 = weight_rows4(om);
+    let ra1 = weight_rows4(om + 4u);
     // The 8 GEMM columns (clamped to the last one): image base and receptive-field corner.
     let hw = p.ho * p.wo;
     let chw = p.cin * p.h * p.w;
@@ -246,10 +251,9 @@ fn conv2d_3x3_reg8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     if (t >= tiles_m * p.tiles_n) { return; }
     let om = (t / p.tiles_n) * 8u;
     let on = (t % p.tiles_n) * 64u + lid.x * 8u;
-    let lm = p.cout - 1u;
-    // Weight row starts of the 8 output channels (clamped for the loads).
-    let ra0 = vec4<u32>(min(om, lm), min(om + 1u, lm), min(om + 2u, lm), min(om + 3u, lm)) * p.kdim;
-    let ra1 = vec4<u32>(min(om + 4u, lm), min(om + 5u, lm), min(om + 6u, lm), min(om + 7u, lm)) * p.kdim;
+    // Weight row starts of the 8 output channels.
+    let ra0 = weight_rows4(om);
+    let ra1 = weight_rows4(om + 4u);
     // The 8 pixels: image, output row, first column (a block past the end loads the last one).
     let hw = p.ho * p.wo;
     let n = min(on, p.ndim - 8u);

@@ -57,6 +57,29 @@ fn store_row(bi: u32, om: u32, n0: u32, v: vec4<f32>) {
     }
 }
 
+// The output tile of workgroup `t` in a grid of tile_m x tile_n tiles per batch entry
+// (tile_n must match p.tiles_n): batch entry and first row/column; `live` is false past the
+// last tile.
+struct TileSite {
+    live: bool,
+    bi: u32,
+    m0: u32,
+    n0: u32,
+};
+
+fn tile_site(t: u32, tile_m: u32, tile_n: u32) -> TileSite {
+    let per_batch = ((p.m + tile_m - 1u) / tile_m) * p.tiles_n;
+    let r = t % per_batch;
+    return TileSite(t < per_batch * p.batch, t / per_batch, (r / p.tiles_n) * tile_m,
+                    (r % p.tiles_n) * tile_n);
+}
+
+// Element offsets base + stride * min(i0 + j, last) for j = 0..3: four rows (or columns) of an
+// operand, clamped to the last one so that a partial block loads valid data.
+fn clamped4(i0: u32, last: u32, stride: u32, base: u32) -> vec4<u32> {
+    return vec4<u32>(min(i0, last), min(i0 + 1u, last), min(i0 + 2u, last), min(i0 + 3u, last)) * stride + vec4<u32>(base);
+}
+
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_id) lid: vec3<u32>,
@@ -120,18 +143,13 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 @compute @workgroup_size(8, 8)
 fn matmul_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_id) lid: vec3<u32>) {
-    let tiles_m = (p.m + 31u) / 32u;
-    let per_batch = tiles_m * p.tiles_n;
-    let t = wid.x + wid.y * nwg.x;
-    if (t >= per_batch * p.batch) { return; }
-    let bi = t / per_batch;
-    let r = t % per_batch;
-    let om = (r / p.tiles_n) * 32u + lid.y * 4u;
-    let on = (r % p.tiles_n) * 32u + lid.x * 4u;
-    let a_base = bi * p.a_sb;
-    let b_base = bi * p.b_sb;
-    let ra = vec4<u32>(min(om, p.m - 1u), min(om + 1u, p.m - 1u), min(om + 2u, p.m - 1u), min(om + 3u, p.m - 1u)) * p.a_sm + vec4<u32>(a_base);
-    let cb = vec4<u32>(min(on, p.n - 1u), min(on + 1u, p.n - 1u), min(on + 2u, p.n - 1u), min(on + 3u, p.n - 1u)) * p.b_sn + vec4<u32>(b_base);
+    let site = tile_site(wid.x + wid.y * nwg.x, 32u, 32u);
+    if (!site.live) { return; }
+    let bi = site.bi;
+    let om = site.m0 + lid.y * 4u;
+    let on = site.n0 + lid.x * 4u;
+    let ra = clamped4(om, p.m - 1u, p.a_sm, bi * p.a_sb);
+    let cb = clamped4(on, p.n - 1u, p.b_sn, bi * p.b_sb);
     var acc0 = vec4<f32>();
     var acc1 = vec4<f32>();
     var acc2 = vec4<f32>();
@@ -161,12 +179,10 @@ fn matmul_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 fn reg8_block(bi: u32, om: u32, on: u32) {
     let a_base = bi * p.a_sb;
     let b_base = bi * p.b_sb;
-    let lm = p.m - 1u;
-    let ln = p.n - 1u;
-    let ra0 = vec4<u32>(min(om, lm), min(om + 1u, lm), min(om + 2u, lm), min(om + 3u, lm)) * p.a_sm + vec4<u32>(a_base);
-    let ra1 = vec4<u32>(min(om + 4u, lm), min(om + 5u, lm), min(om + 6u, lm), min(om + 7u, lm)) * p.a_sm + vec4<u32>(a_base);
-    let cb0 = vec4<u32>(min(on, ln), min(on + 1u, ln), min(on + 2u, ln), min(on + 3u, ln)) * p.b_sn + vec4<u32>(b_base);
-    let cb1 = vec4<u32>(min(on + 4u, ln), min(on + 5u, ln), min(on + 6u, ln), min(on + 7u, ln)) * p.b_sn + vec4<u32>(b_base);
+    let ra0 = clamped4(om, p.m - 1u, p.a_sm, a_base);
+    let ra1 = clamped4(om + 4u, p.m - 1u, p.a_sm, a_base);
+    let cb0 = clamped4(on, p.n - 1u, p.b_sn, b_base);
+    let cb1 = clamped4(on + 4u, p.n - 1u, p.b_sn, b_base);
     var c00 = vec4<f32>(); var c01 = vec4<f32>();
     var c10 = vec4<f32>(); var c11 = vec4<f32>();
     var c20 = vec4<f32>(); var c21 = vec4<f32>();
@@ -203,12 +219,9 @@ fn reg8_block(bi: u32, om: u32, on: u32) {
 
 // Tile `t` of a grid of tile_rows x 64 tiles: workgroup (8, tile_rows / 8).
 fn reg8_tile(t: u32, tile_rows: u32, lid: vec3<u32>) {
-    let tiles_m = (p.m + tile_rows - 1u) / tile_rows;
-    let per_batch = tiles_m * p.tiles_n;
-    if (t >= per_batch * p.batch) { return; }
-    let bi = t / per_batch;
-    let r = t % per_batch;
-    reg8_block(bi, (r / p.tiles_n) * tile_rows + lid.y * 8u, (r % p.tiles_n) * 64u + lid.x * 8u);
+    let site = tile_site(t, tile_rows, 64u);
+    if (!site.live) { return; }
+    reg8_block(site.bi, site.m0 + lid.y * 8u, site.n0 + lid.x * 8u);
 }
 
 @compute @workgroup_size(8, 8)
@@ -242,23 +255,18 @@ fn matmul_reg8_h8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 @compute @workgroup_size(8, 1)
 fn matmul_reg10(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid: vec3<u32>) {
-    let tiles_m = (p.m + 9u) / 10u;
-    let per_batch = tiles_m * p.tiles_n;
-    let t = wid.x + wid.y * nwg.x;
-    if (t >= per_batch * p.batch) { return; }
-    let bi = t / per_batch;
-    let r = t % per_batch;
-    let om = (r / p.tiles_n) * 10u;
-    let on = (r % p.tiles_n) * 64u + lid.x * 8u;
+    let site = tile_site(wid.x + wid.y * nwg.x, 10u, 64u);
+    if (!site.live) { return; }
+    let bi = site.bi;
+    let om = site.m0;
+    let on = site.n0 + lid.x * 8u;
     let a_base = bi * p.a_sb;
     let b_base = bi * p.b_sb;
-    let lm = p.m - 1u;
-    let ln = p.n - 1u;
-    let ra0 = vec4<u32>(min(om, lm), min(om + 1u, lm), min(om + 2u, lm), min(om + 3u, lm)) * p.a_sm + vec4<u32>(a_base);
-    let ra1 = vec4<u32>(min(om + 4u, lm), min(om + 5u, lm), min(om + 6u, lm), min(om + 7u, lm)) * p.a_sm + vec4<u32>(a_base);
-    let ra2 = vec2<u32>(min(om + 8u, lm), min(om + 9u, lm)) * p.a_sm + vec2<u32>(a_base);
-    let cb0 = vec4<u32>(min(on, ln), min(on + 1u, ln), min(on + 2u, ln), min(on + 3u, ln)) * p.b_sn + vec4<u32>(b_base);
-    let cb1 = vec4<u32>(min(on + 4u, ln), min(on + 5u, ln), min(on + 6u, ln), min(on + 7u, ln)) * p.b_sn + vec4<u32>(b_base);
+    let ra0 = clamped4(om, p.m - 1u, p.a_sm, a_base);
+    let ra1 = clamped4(om + 4u, p.m - 1u, p.a_sm, a_base);
+    let ra2 = vec2<u32>(min(om + 8u, p.m - 1u), min(om + 9u, p.m - 1u)) * p.a_sm + vec2<u32>(a_base);
+    let cb0 = clamped4(on, p.n - 1u, p.b_sn, b_base);
+    let cb1 = clamped4(on + 4u, p.n - 1u, p.b_sn, b_base);
     var c: array<vec4<f32>, 20>;
     for (var k = 0u; k < p.k; k = k + 1u) {
         let ka = k * p.a_sk;

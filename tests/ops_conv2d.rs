@@ -57,7 +57,9 @@ fn check_against_cpu(
             &download(&out),
             &want,
             tol(dtype),
-            &format!("conv2d {kernel:?} x {xs:?} w {ws:?} s {stride} p {padding} epi {epi} {dtype}"),
+            &format!(
+                "conv2d {kernel:?} x {xs:?} w {ws:?} s {stride} p {padding} epi {epi} {dtype}"
+            ),
         );
     }
     Ok(())
@@ -115,9 +117,9 @@ fn rows3x3_kernel_refuses_other_shapes() {
         |shape: &[usize], dtype: DType| upload(&vec![0.5; shape.iter().product()], shape, dtype);
     assert!(conv2d::rows3x3_applies(3, 3, 1, 16));
     for (xs, ws, stride) in [
-        ([1, 2, 8, 12], [4, 2, 3, 3], 1), // output width 12
+        ([1, 2, 8, 12], [4, 2, 3, 3], 1),  // output width 12
         ([1, 2, 16, 16], [4, 2, 3, 3], 2), // stride 2
-        ([1, 2, 8, 8], [4, 2, 1, 1], 1),  // 1x1
+        ([1, 2, 8, 8], [4, 2, 1, 1], 1),   // 1x1
     ] {
         let opts = Conv2dOptions {
             stride,
@@ -128,7 +130,10 @@ fn rows3x3_kernel_refuses_other_shapes() {
         let e = conv2d::conv2d(ctx(), &t(&xs, f), &t(&ws, f), &opts)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("3x3-rows") && e.contains(&format!("{ws:?}")), "{e}");
+        assert!(
+            e.contains("3x3-rows") && e.contains(&format!("{ws:?}")),
+            "{e}"
+        );
         // Auto falls back to a general kernel for the same shape.
         let auto = Conv2dOptions {
             kernel: ConvKernel::Auto,
