@@ -237,10 +237,8 @@ fn w3(co: u32, k: u32) -> vec3<f32> {
 
 // The 8 pixels' multiply-adds of one output channel over one kernel row: segment s0..s9.
 fn row3(c: ptr<function, array<vec4<f32>, 16>>, r: u32, w: vec3<f32>, lo: vec4<f32>, mid: vec4<f32>, hi: vec2<f32>) {
-    let b0 = lo;
-    let b1 = mid;
-    (*c)[2u * r] = (*c)[2u * r] + w.x * b0 + w.y * vec4<f32>(lo.yzw, mid.x) + w.z * vec4<f32>(lo.zw, mid.xy);
-    (*c)[2u * r + 1u] = (*c)[2u * r + 1u] + w.x * b1 + w.y * vec4<f32>(mid.yzw, hi.x) + w.z * vec4<f32>(mid.zw, hi);
+    (*c)[2u * r] = (*c)[2u * r] + w.x * lo + w.y * vec4<f32>(lo.yzw, mid.x) + w.z * vec4<f32>(lo.zw, mid.xy);
+    (*c)[2u * r + 1u] = (*c)[2u * r + 1u] + w.x * mid + w.y * vec4<f32>(mid.yzw, hi.x) + w.z * vec4<f32>(mid.zw, hi);
 }
 
 @compute @workgroup_size(8, 1)

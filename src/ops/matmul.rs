@@ -15,6 +15,8 @@ crate::shader_family!(pub SHADER, "matmul");
 const MATMUL: Kernel = SHADER.kernel("matmul");
 const MATMUL_REG: Kernel = SHADER.kernel("matmul_reg");
 const MATMUL_REG10: Kernel = SHADER.kernel("matmul_reg10");
+/// Rows of the 10x8-block kernel's tile (one block high, 64 columns).
+const REG10_ROWS: usize = 10;
 /// The 8x8-block kernel's tile heights (rows; 64 columns) and entry points.
 const REG8_SHAPES: [(usize, Kernel); 4] = [
     (64, SHADER.kernel("matmul_reg8")),
@@ -97,7 +99,10 @@ pub fn reg8_tile_rows(m: usize) -> usize {
 /// output of `m` rows: when they pad fewer rows, by at least 2% of `m` (for large `m` the
 /// padding is noise and the taller 8-row-block tiles are kept).
 pub fn reg10_pays(m: usize) -> bool {
-    let (pad8, pad10) = (m.div_ceil(8) * 8 - m, m.div_ceil(10) * 10 - m);
+    let (pad8, pad10) = (
+        m.div_ceil(8) * 8 - m,
+        m.div_ceil(REG10_ROWS) * REG10_ROWS - m,
+    );
     pad10 < pad8 && (pad8 - pad10) * 50 >= m
 }
 
@@ -276,12 +281,13 @@ pub fn matmul(ctx: &GpuContext, a: &Tensor, b: &Tensor, opts: &MatmulOptions) ->
             format!("Registers8Rows({rows}): the tile rows must be 64, 32, 16 or 8"),
         )),
     };
+    let reg10 = (&MATMUL_REG10, REG10_ROWS, REG8_COLS);
     let (kernel, tile_m, tile_n) = match opts.kernel.resolve(ctx) {
         MatmulKernel::Registers => (&MATMUL_REG, REG_TILE, REG_TILE),
-        MatmulKernel::Registers8 if reg10_pays(m) => (&MATMUL_REG10, 10, REG8_COLS),
+        MatmulKernel::Registers8 if reg10_pays(m) => reg10,
         MatmulKernel::Registers8 => reg8(reg8_tile_rows(m))?,
         MatmulKernel::Registers8Rows(rows) => reg8(rows)?,
-        MatmulKernel::Registers10 => (&MATMUL_REG10, 10, REG8_COLS),
+        MatmulKernel::Registers10 => reg10,
         _ => (&MATMUL, TILE, TILE),
     };
     let tiles_n = n.div_ceil(tile_n);
