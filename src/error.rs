@@ -45,6 +45,9 @@ pub enum Error {
     /// Invalid argument (bad parameter value).
     #[error("{0}")]
     Invalid(String),
+    /// The run was stopped by its caller (the step callback asked to stop); nothing was written.
+    #[error("cancelled")]
+    Cancelled,
     /// I/O error with the path it concerns.
     #[error("{path}: {source}")]
     Io {

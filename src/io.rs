@@ -40,7 +40,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// A host tensor to save: name, shape and f32 data, or i64 data for indices.
 pub enum HostTensor<'a> {
+    /// `(name, shape, values)` saved as f32.
     F32(&'a str, Vec<usize>, &'a [f32]),
+    /// `(name, shape, values)` saved as i64.
     I64(&'a str, Vec<usize>, &'a [i64]),
 }
 
@@ -63,7 +65,8 @@ pub fn safetensors_bytes(tensors: &[HostTensor]) -> Result<Vec<u8>> {
 }
 
 /// Encodes 8-bit pixels (`channels` 3: RGB, 4: RGBA) as PNG, with `text` in a `parameters`
-/// text chunk when not empty.
+/// text chunk when not empty: `tEXt` when the text is Latin-1 (what most image tools read),
+/// else `iTXt` (UTF-8), so any prompt is stored losslessly.
 fn png_encode(
     width: usize,
     height: usize,
@@ -87,8 +90,13 @@ fn png_encode(
         });
         enc.set_depth(png::BitDepth::Eight);
         let err = |e: png::EncodingError| Error::Invalid(format!("PNG encoding: {e}"));
-        if !text.is_empty() {
-            enc.add_text_chunk("parameters".into(), text.into())
+        if text.chars().all(|c| (c as u32) < 256) {
+            if !text.is_empty() {
+                enc.add_text_chunk("parameters".into(), text.into())
+                    .map_err(err)?;
+            }
+        } else {
+            enc.add_itxt_chunk("parameters".into(), text.into())
                 .map_err(err)?;
         }
         let mut w = enc.write_header().map_err(err)?;

@@ -1,27 +1,47 @@
 //! # atedm
 //!
-//! Stable Diffusion XL on any GPU through WebGPU (wgpu + WGSL compute shaders), accelerated by
-//! attention-driven token pruning (AT-EDM, CVPR 2024).
+//! Stable Diffusion XL on any GPU through WebGPU (wgpu + WGSL compute shaders), made faster
+//! without retraining by attention-driven token pruning (AT-EDM, CVPR 2024).
 //!
-//! The crate is a library first: [`gpu::GpuContext`] opens an adapter, [`Tensor`] holds data in
-//! GPU buffers, and [`ops`] has one module per WGSL kernel family, each with a CPU reference.
+//! Generate an image with the built-in demo model, pruned by AT-EDM:
 //!
 //! ```no_run
-//! use atedm::{gpu::GpuContext, ops, DType, Tensor};
+//! use atedm::{GenerateRequest, GpuContext, LoadOptions, Pruning, SdxlPipeline};
 //! let ctx = GpuContext::new(&Default::default())?;
-//! let a = Tensor::from_f32(&ctx, &[1.0, 2.0, 3.0, 4.0], &[2, 2], DType::F32)?;
-//! let b = Tensor::from_f32(&ctx, &[1.0, 0.0, 0.0, 1.0], &[2, 2], DType::F32)?;
-//! let c = ops::matmul::matmul(&ctx, &a, &b, &Default::default())?;
-//! assert_eq!(c.to_f32_vec(&ctx)?, vec![1.0, 2.0, 3.0, 4.0]);
+//! let pipe = SdxlPipeline::load_demo(&ctx, &LoadOptions::default())?;
+//! let req = GenerateRequest {
+//!     prompt: "a large cyan circle at the top left".into(),
+//!     steps: pipe.default_steps(),
+//!     width: pipe.native_size(),
+//!     height: pipe.native_size(),
+//!     prune: Pruning::atedm(0.5)?,
+//!     ..Default::default()
+//! };
+//! let image = pipe.generate(&ctx, &req, |step, steps| eprintln!("{step}/{steps}"))?;
+//! let rgb: Vec<u8> = image.rgb8();
 //! # Ok::<(), atedm::Error>(())
 //! ```
+//!
+//! The crate is layered, each layer importing only the ones below it (`docs/architecture.md`):
+//! [`gpu`] (adapter, device, buffers, command recording) -> [`ops`] (one module per WGSL kernel
+//! family, each with a CPU reference) -> [`nn`] (layers with weights) -> [`prune`] (pruning
+//! settings, the scheduler, G-WPR, ToMe, FLOPs) -> [`model`] (configs, weights, the UNet, CLIP,
+//! VAE) -> [`pipeline`] (scheduler, generation, saved runs) -> [`bench`] / [`eval`] -> the
+//! `viewer` (feature `viewer`) and the `atedm` binary.
+//!
+//! A pruning schedule of your own implements [`PruneSchedule`] and runs through
+//! [`Pruning::custom`]; a host application that already has a wgpu device runs the engine on
+//! it with [`GpuContext::from_wgpu`].
 
-pub mod cli;
+pub mod bench;
 pub mod error;
 pub mod eval;
 pub mod gpu;
 pub mod io;
+#[cfg(test)]
+mod layers;
 pub mod model;
+pub mod nn;
 pub mod ops;
 pub mod pipeline;
 pub mod prune;
@@ -30,4 +50,17 @@ pub mod tensor;
 pub mod viewer;
 
 pub use error::{Error, Result};
+pub use gpu::{ContextOptions, GpuContext};
+pub use pipeline::generate::{
+    GenerateOutput, GenerateRequest, LoadOptions, Record, SdxlPipeline, StepMask, StepUpdate,
+};
+pub use pipeline::job::{run_job, GenerateJob, JobEvent};
+pub use prune::{AtEdm, PruneSchedule, Pruning, Stack, StackAction, StackPrune};
 pub use tensor::{DType, Tensor};
+
+/// Every WGSL kernel family of the engine (validated by naga in the tests, in both dtypes).
+pub fn shader_families() -> Vec<&'static gpu::ShaderFamily> {
+    let mut all = ops::shader_families();
+    all.extend(prune::shader_families());
+    all
+}

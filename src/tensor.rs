@@ -272,9 +272,25 @@ impl Tensor {
         ctx.read(self.buffer(), self.size_bytes())
     }
 
+    /// [`Tensor::to_bytes`] as a future.
+    pub async fn to_bytes_async(&self, ctx: &GpuContext) -> Result<Vec<u8>> {
+        ctx.read_async(self.buffer(), self.size_bytes()).await
+    }
+
     /// Downloads the tensor as f32 (F16 is widened exactly).
     pub fn to_f32_vec(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
-        let bytes = self.to_bytes(ctx)?;
+        pollster::block_on(self.to_f32_vec_async(ctx))
+    }
+
+    /// [`Tensor::to_f32_vec`] as a future.
+    pub async fn to_f32_vec_async(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        if self.dtype == DType::U32 {
+            return Err(Error::dtype(
+                "to_f32_vec",
+                "tensor holds u32 indices; use to_u32_vec",
+            ));
+        }
+        let bytes = self.to_bytes_async(ctx).await?;
         match self.dtype {
             DType::F32 => Ok(bytemuck::pod_collect_to_vec(&bytes)),
             DType::F16 => {
@@ -290,12 +306,19 @@ impl Tensor {
 
     /// Downloads a U32 tensor.
     pub fn to_u32_vec(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
+        pollster::block_on(self.to_u32_vec_async(ctx))
+    }
+
+    /// [`Tensor::to_u32_vec`] as a future.
+    pub async fn to_u32_vec_async(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
         if self.dtype != DType::U32 {
             return Err(Error::dtype(
                 "to_u32_vec",
                 format!("tensor is {}, not u32", self.dtype),
             ));
         }
-        Ok(bytemuck::pod_collect_to_vec(&self.to_bytes(ctx)?))
+        Ok(bytemuck::pod_collect_to_vec(
+            &self.to_bytes_async(ctx).await?,
+        ))
     }
 }

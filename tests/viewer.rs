@@ -7,55 +7,38 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use atedm::cli::flops::{PruneArg, PruneArgs};
-use atedm::cli::generate::{run, GenerateArgs};
 use atedm::pipeline::dump::RunData;
+use atedm::pipeline::generate::Record;
+use atedm::pipeline::job::{run_job, GenerateJob};
+use atedm::prune::budget::PruneTarget;
 use atedm::viewer::app::{DrawnTile, TileKind};
 use atedm::viewer::headless::Headless;
 use atedm::viewer::live::{spawn, LiveRun, LiveStatus};
 use atedm::viewer::model::{KEPT_RGB, PRUNED_RGB};
 use atedm::viewer::ViewerApp;
-use atedm::DType;
+use atedm::Pruning;
 use common::*;
 use eframe::egui;
 
-fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/pipeline")
-        .join(p)
-}
-
 /// The tiny pipeline at 96x64, 4 steps, f32, the fixture's initial latents.
-fn args(out: &Path, dump: Option<PathBuf>, prune: PruneArgs) -> GenerateArgs {
-    let (req, _, _) = pipeline_request("cfg");
-    GenerateArgs {
-        model: Some(fixture("sdxl-tiny")),
-        config: None,
-        prompt: req.prompt,
-        negative_prompt: req.negative_prompt,
-        steps: req.steps,
-        guidance: req.guidance,
-        guidance_rescale: 0.0,
-        seed: 7,
-        width: Some(req.width),
-        height: Some(req.height),
-        dtype: DType::F32,
-        vae_dtype: None,
-        output: out.to_path_buf(),
-        overwrite: true,
-        latents: Some(fixture("cfg.safetensors")),
-        save_intermediates: None,
-        dump_masks: dump,
+fn args(out: &Path, dump: Option<PathBuf>, prune: PruneTarget) -> GenerateJob {
+    GenerateJob {
         prune,
+        overwrite: true,
+        save_run: dump,
+        ..pipeline_job(out)
     }
 }
 
-fn atedm_half() -> PruneArgs {
-    PruneArgs {
-        prune: PruneArg::Atedm,
-        keep_ratio: Some(0.5),
-        ..Default::default()
-    }
+fn atedm_half() -> PruneTarget {
+    PruneTarget::Fixed(Pruning::atedm(0.5).unwrap())
+}
+
+fn run(ctx: &atedm::GpuContext, job: &GenerateJob) -> atedm::Result<()> {
+    run_job(ctx, job, Record::Nothing, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .map(|_| ())
 }
 
 /// Under the target folder (`cargo clean` removes it); each run of the tests replaces it.
@@ -193,7 +176,7 @@ fn luma_std(px: &[[u8; 3]]) -> f64 {
 #[test]
 fn headless_render_shows_masks_and_heatmaps_side_by_side() {
     let (pruned_dir, full_dir) = saved();
-    let runs = atedm::cli::view::load_runs(&[pruned_dir.clone(), full_dir.clone()]).unwrap();
+    let runs = atedm::viewer::load_runs(&[pruned_dir.clone(), full_dir.clone()]).unwrap();
     let mut app = ViewerApp::new(runs, None);
     let (w, h, ppp) = (1400u32, 1100u32, 1.0f32);
     let mut hl = Headless::new(ctx(), w, h, ppp).unwrap();
@@ -335,11 +318,9 @@ fn live_mode_streams_steps_while_the_ui_keeps_rendering() {
     let (pruned_dir, _) = saved();
     let saved = RunData::load(pruned_dir).unwrap();
     let out = work_dir().join("live.png");
-    let gpu = atedm::cli::GpuArgs {
-        backend: std::env::var("ATEDM_BACKEND").ok(),
-        adapter: std::env::var("ATEDM_ADAPTER").ok(),
-    };
-    let (rx, worker) = spawn(args(&out, None, atedm_half()), gpu, || {});
+    let gpu = atedm::gpu::ContextOptions::from_env();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (rx, worker) = spawn(args(&out, None, atedm_half()), gpu, stop, || {});
     let mut app = ViewerApp::new(vec![], Some(LiveRun::new(rx, worker)));
     let mut hl = Headless::new(ctx(), 800, 600, 1.0).unwrap();
     let t = std::time::Instant::now();
@@ -384,15 +365,13 @@ fn live_mode_streams_steps_while_the_ui_keeps_rendering() {
 
 #[test]
 fn bad_input_gives_clear_errors() {
-    use clap::Parser;
     let dir = work_dir().join("bad");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let view = |paths: &[&Path]| -> String {
-        let mut argv = vec!["atedm".to_string(), "view".to_string()];
-        argv.extend(paths.iter().map(|p| p.display().to_string()));
-        let cli = atedm::cli::Cli::try_parse_from(argv).unwrap();
-        atedm::cli::run(cli).unwrap_err().to_string()
+        let mut argv = vec!["view".to_string()];
+        argv.extend(paths.iter().map(|p| path_str(p)));
+        atedm_cli(&argv).error().to_string()
     };
     let e = view(&[]);
     assert!(e.contains("one or two folders"), "{e}");
@@ -430,19 +409,25 @@ fn bad_input_gives_clear_errors() {
 /// step; a step past the runs and a bad size are errors.
 #[test]
 fn view_screenshot_writes_a_png() {
-    use atedm::cli::view::{run as view, ViewArgs};
-    use atedm::cli::GpuArgs;
     let (pruned_dir, full_dir) = saved();
     let out = work_dir().join("shot.png");
-    let a = |step: Option<usize>, size: &str| ViewArgs {
-        dirs: vec![pruned_dir.clone(), full_dir.clone()],
-        screenshot: Some(out.clone()),
-        step,
-        size: size.into(),
-        live: None,
+    let view = |step: Option<usize>, size: &str| {
+        let mut argv = vec![
+            "view".to_string(),
+            path_str(pruned_dir),
+            path_str(full_dir),
+            "--screenshot".into(),
+            path_str(&out),
+            "--size".into(),
+            size.into(),
+        ];
+        if let Some(s) = step {
+            argv.extend(["--step".to_string(), s.to_string()]);
+        }
+        atedm_cli(&argv)
     };
     let _ = std::fs::remove_file(&out);
-    view(&GpuArgs::default(), a(Some(1), "640x480")).unwrap();
+    view(Some(1), "640x480").ok();
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
@@ -453,12 +438,10 @@ fn view_screenshot_writes_a_png() {
         .map(|p| [p[0], p[1], p[2]])
         .collect();
     assert!(luma_std(&px) > 10.0, "the screenshot is blank");
-    let e = view(&GpuArgs::default(), a(Some(99), "640x480"))
-        .unwrap_err()
-        .to_string();
+    let run = view(Some(99), "640x480");
+    let e = run.error();
     assert!(e.contains("--step 99"), "{e}");
-    let e = view(&GpuArgs::default(), a(None, "640by480"))
-        .unwrap_err()
-        .to_string();
+    let run = view(None, "640by480");
+    let e = run.error();
     assert!(e.contains("--size"), "{e}");
 }

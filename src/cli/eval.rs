@@ -2,18 +2,18 @@
 
 use std::path::PathBuf;
 
+use atedm::eval::run::{
+    comparison_variants, evaluate, pick_captions, EvalOptions, Method, Variant,
+};
+use atedm::eval::spec::{demo_spec, DemoSpec};
+use atedm::gpu::GpuContext;
+use atedm::io::{png_rgb8_bytes, write_atomic};
+use atedm::pipeline::generate::{LoadOptions, SdxlPipeline};
+use atedm::pipeline::job::model_name;
+use atedm::{DType, Error, Result};
 use clap::Args;
 
-use crate::cli::flops::{describe_prune, OnOff, PruneArg, PruneArgs};
-use crate::error::{Error, Result};
-use crate::eval::run::{evaluate, pick_captions, EvalOptions, EvalReport, Variant};
-use crate::eval::spec::DemoSpec;
-use crate::gpu::GpuContext;
-use crate::io::{png_rgb8_bytes, write_atomic};
-use crate::model::demo;
-use crate::pipeline::generate::{LoadOptions, SdxlPipeline};
-use crate::prune::flops::{tome_for_budget, unet_flops, PruneMode};
-use crate::tensor::DType;
+use crate::cli::flops::OnOff;
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
@@ -55,65 +55,37 @@ pub struct EvalArgs {
 
 /// Full, then per keep ratio AT-EDM and ToMe at AT-EDM's FLOPs.
 fn variants(a: &EvalArgs, pipe: &SdxlPipeline, lh: usize, lw: usize) -> Result<Vec<Variant>> {
-    let cfg = &pipe.unet.config;
-    for m in &a.methods {
-        if m != "atedm" && m != "tome" {
-            return Err(Error::Invalid(format!(
+    let methods = a
+        .methods
+        .iter()
+        .map(|m| match m.as_str() {
+            "atedm" => Ok(Method::AtEdm),
+            "tome" => Ok(Method::Tome),
+            _ => Err(Error::Invalid(format!(
                 "--methods '{m}': expected a comma list of atedm, tome"
-            )));
-        }
-    }
-    let full = PruneArgs::default().settings(cfg, lh, lw, a.steps)?.0;
-    let mut out = vec![Variant {
-        name: "full".into(),
-        describe: describe_prune(&full, None),
-        prune: full,
-    }];
-    for &k in &a.keep_ratios {
-        let at = PruneArgs {
-            prune: PruneArg::Atedm,
-            keep_ratio: Some(k),
-            dsap: a.dsap,
-            ..Default::default()
-        }
-        .settings(cfg, lh, lw, a.steps)?
-        .0;
-        if a.methods.iter().any(|m| m == "atedm") {
-            out.push(Variant {
-                name: format!("AT-EDM {k}"),
-                describe: describe_prune(&at, None),
-                prune: at,
-            });
-        }
-        if a.methods.iter().any(|m| m == "tome") {
-            let budget = unet_flops(cfg, lh, lw, a.steps, &at)?.model;
-            let mut t = PruneArgs {
-                prune: PruneArg::Tome,
-                ..Default::default()
-            }
-            .settings(cfg, lh, lw, a.steps)?
-            .0;
-            debug_assert_eq!(t.mode, PruneMode::Tome);
-            t.tome = tome_for_budget(cfg, lh, lw, a.steps, &t, budget, true)?;
-            out.push(Variant {
-                name: format!("ToMe (= AT-EDM {k})"),
-                describe: describe_prune(&t, Some(budget)),
-                prune: t,
-            });
-        }
-    }
-    Ok(out)
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    comparison_variants(
+        &pipe.unet.config,
+        lh,
+        lw,
+        a.steps,
+        &a.keep_ratios,
+        &methods,
+        (a.dsap == OnOff::On).then_some(atedm::prune::settings::DEFAULT_TAU),
+    )
 }
 
 /// Runs the benchmark and prints its table.
-pub fn run(ctx: &GpuContext, a: &EvalArgs) -> Result<EvalReport> {
+pub fn run(ctx: &GpuContext, a: &EvalArgs) -> Result<()> {
     let opts = LoadOptions {
         dtype: a.dtype,
         vae_dtype: None,
         config: None,
     };
     let (pipe, spec) = match &a.model {
-        None => (SdxlPipeline::load_demo(ctx, &opts)?, demo::spec()?),
+        None => (SdxlPipeline::load_demo(ctx, &opts)?, demo_spec()?),
         Some(m) => {
             let f = m.join("atedm_demo.json");
             let text = std::fs::read_to_string(&f).map_err(|e| {
@@ -223,7 +195,7 @@ pub fn run(ctx: &GpuContext, a: &EvalArgs) -> Result<EvalReport> {
     }
     if let Some(p) = &a.json {
         let doc = serde_json::json!({
-            "model": crate::cli::generate::model_name(a.model.as_deref()),
+            "model": model_name(a.model.as_deref()),
             "captions": captions,
             "steps": a.steps,
             "guidance": a.guidance,
@@ -247,7 +219,7 @@ pub fn run(ctx: &GpuContext, a: &EvalArgs) -> Result<EvalReport> {
             .map_err(|e| Error::Invalid(format!("eval: json: {e}")))?;
         write_atomic(p, text.as_bytes())?;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// A folder name for a variant ("AT-EDM 0.5" -> "at-edm-0.5").

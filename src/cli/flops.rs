@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
+use atedm::model::config::UNetConfig;
+use atedm::prune::budget::{named_budget_for, PruneTarget};
+use atedm::prune::flops::unet_flops;
+use atedm::prune::settings::describe_tome;
+use atedm::prune::tome::TomeSettings;
+use atedm::prune::{AtEdm, PruneMode, Pruning, Tome};
+use atedm::{Error, Result};
 use clap::{Args, ValueEnum};
-
-use crate::error::{Error, Result};
-use crate::model::config::UNetConfig;
-use crate::prune::flops::{
-    keep_ratio_for_budget, named_budget_for, tome_for_budget, unet_flops, PruneMode, PruneSettings,
-};
-use crate::prune::tome::TomeSettings;
 
 /// `--prune` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -89,21 +89,9 @@ impl Default for PruneArgs {
 }
 
 impl PruneArgs {
-    /// Settings with the keep ratio given or solved from the budget; also returns the budget
-    /// in FLOPs when one was given.
-    pub fn settings(
-        &self,
-        cfg: &UNetConfig,
-        lh: usize,
-        lw: usize,
-        steps: usize,
-    ) -> Result<(PruneSettings, Option<f64>)> {
-        let mode = match self.prune {
-            PruneArg::None => PruneMode::None,
-            PruneArg::Atedm => PruneMode::AtEdm,
-            PruneArg::AtedmDagger => PruneMode::AtEdmDagger,
-            PruneArg::Tome => PruneMode::Tome,
-        };
+    /// The pruning these flags ask for, checked without a model: given, or a budget the model
+    /// and size turn into a ratio ([`PruneTarget::resolve`]).
+    pub fn target(&self) -> Result<PruneTarget> {
         if !(0.0..=1.0).contains(&self.tau) {
             return Err(Error::Invalid(format!(
                 "--tau must be in [0, 1], got {}",
@@ -111,29 +99,12 @@ impl PruneArgs {
             )));
         }
         let tome_layers = self.tome_layers()?;
-        let mut s = PruneSettings {
-            mode,
-            keep_ratio: self.keep_ratio.unwrap_or(1.0),
-            gwpr_iters: self.gwpr_iters,
-            prune_block: self.prune_block,
-            dsap: self.dsap == OnOff::On,
-            tau: self.tau,
-            tome: TomeSettings {
-                ratio: self.merge_ratio.unwrap_or(TomeSettings::default().ratio),
-                merge_attn: tome_layers.is_none_or(|l| l.0),
-                merge_crossattn: tome_layers.is_some_and(|l| l.1),
-                merge_mlp: tome_layers.is_some_and(|l| l.2),
-                max_downsample: self.tome_max_downsample,
-                random: self.tome_random == OnOff::On,
-                seed: self.tome_seed,
-            },
-        };
-        if mode == PruneMode::None && (self.keep_ratio.is_some() || self.flops.is_some()) {
+        if self.prune == PruneArg::None && (self.keep_ratio.is_some() || self.flops.is_some()) {
             return Err(Error::Invalid(
                 "--keep-ratio and --flops need --prune atedm, atedm-dagger or tome".into(),
             ));
         }
-        if mode == PruneMode::Tome {
+        if self.prune == PruneArg::Tome {
             if self.keep_ratio.is_some() {
                 return Err(Error::Invalid(
                     "ToMe takes --merge-ratio (the fraction of tokens merged away), not --keep-ratio"
@@ -145,12 +116,17 @@ impl PruneArgs {
                     "give --merge-ratio or --flops, not both".into(),
                 ));
             }
-            s.tome.validate()?;
         } else if self.merge_ratio.is_some() || self.tome_merge.is_some() {
             return Err(Error::Invalid(
                 "--merge-ratio and --tome-merge are ToMe options: add --prune tome".into(),
             ));
         }
+        let mode = match self.prune {
+            PruneArg::None => return Ok(PruneTarget::Fixed(Pruning::None)),
+            PruneArg::Atedm => PruneMode::AtEdm,
+            PruneArg::AtedmDagger => PruneMode::AtEdmDagger,
+            PruneArg::Tome => PruneMode::Tome,
+        };
         let budget = match &self.flops {
             None => None,
             Some(_) if self.keep_ratio.is_some() => {
@@ -169,20 +145,66 @@ impl PruneArgs {
                 if t.is_nan() || t <= 0.0 {
                     return Err(Error::Invalid(format!("--flops must be positive, got {t}")));
                 }
-                if mode == PruneMode::Tome {
-                    let escalate = tome_layers.is_none();
-                    s.tome = tome_for_budget(cfg, lh, lw, steps, &s, t * 1e12, escalate)?;
-                } else {
-                    s.keep_ratio = keep_ratio_for_budget(cfg, lh, lw, steps, &s, t * 1e12)?;
-                }
                 Some(t * 1e12)
             }
         };
-        Ok((s, budget))
+        if mode == PruneMode::Tome {
+            let tome = self.tome_settings(tome_layers)?;
+            return Ok(match budget {
+                Some(flops) => PruneTarget::TomeBudget {
+                    tome,
+                    flops,
+                    choose_layers: tome_layers.is_none(),
+                },
+                None => PruneTarget::Fixed(Pruning::Tome(Tome::new(tome)?)),
+            });
+        }
+        let atedm = self.atedm(self.keep_ratio.unwrap_or(1.0))?;
+        Ok(match budget {
+            Some(flops) => PruneTarget::AtEdmBudget { atedm, flops },
+            None => PruneTarget::Fixed(Pruning::AtEdm(atedm)),
+        })
+    }
+
+    /// AT-EDM with these flags' settings at `keep_ratio` (dagger with `--prune atedm-dagger`).
+    pub fn atedm(&self, keep_ratio: f64) -> Result<AtEdm> {
+        AtEdm::new(keep_ratio)?
+            .with_gwpr_iters(self.gwpr_iters)?
+            .with_prune_block(self.prune_block)
+            .with_dagger(self.prune == PruneArg::AtedmDagger)
+            .with_dsap((self.dsap == OnOff::On).then_some(self.tau))
+    }
+
+    /// ToMe's settings from these flags (`layers`: from `--tome-merge`; default attn1).
+    pub fn tome_settings(&self, layers: Option<(bool, bool, bool)>) -> Result<TomeSettings> {
+        let t = TomeSettings {
+            ratio: self.merge_ratio.unwrap_or(TomeSettings::default().ratio),
+            merge_attn: layers.is_none_or(|l| l.0),
+            merge_crossattn: layers.is_some_and(|l| l.1),
+            merge_mlp: layers.is_some_and(|l| l.2),
+            max_downsample: self.tome_max_downsample,
+            random: self.tome_random == OnOff::On,
+            seed: self.tome_seed,
+        };
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// The pruning for `steps` steps of `cfg` on a `lh x lw` latent, and the budget in FLOPs
+    /// when one was given.
+    pub fn settings(
+        &self,
+        cfg: &UNetConfig,
+        lh: usize,
+        lw: usize,
+        steps: usize,
+    ) -> Result<(Pruning, Option<f64>)> {
+        let target = self.target()?;
+        Ok((target.resolve(cfg, lh, lw, steps)?, target.budget()))
     }
 
     /// `--tome-merge` as (attn1, attn2, mlp); `None` when not given.
-    fn tome_layers(&self) -> Result<Option<(bool, bool, bool)>> {
+    pub fn tome_layers(&self) -> Result<Option<(bool, bool, bool)>> {
         let Some(list) = &self.tome_merge else {
             return Ok(None);
         };
@@ -201,61 +223,6 @@ impl PruneArgs {
         }
         Ok(Some(l))
     }
-}
-
-/// One line describing pruning settings (for logs and the PNG's parameters).
-pub fn describe_prune(s: &PruneSettings, budget: Option<f64>) -> String {
-    let how = budget.map_or(String::new(), |b| {
-        if b >= 1e11 {
-            format!(", solved for {:.3} TFLOPs/step", b / 1e12)
-        } else {
-            format!(", solved for {:.4} GFLOPs/step", b / 1e9)
-        }
-    });
-    match s.mode {
-        PruneMode::None => "none".into(),
-        PruneMode::Tome => format!("{}{how}", describe_tome(&s.tome)),
-        PruneMode::AtEdm | PruneMode::AtEdmDagger => format!(
-            "{}, keep ratio {:.4}{how}, G-WPR T={}, pruning block {}, DSAP {}",
-            if s.mode == PruneMode::AtEdm {
-                "AT-EDM"
-            } else {
-                "AT-EDM-dagger"
-            },
-            s.keep_ratio,
-            s.gwpr_iters,
-            s.prune_block,
-            if s.dsap {
-                format!("on (tau {})", s.tau)
-            } else {
-                "off".into()
-            }
-        ),
-    }
-}
-
-/// One line describing ToMe settings.
-pub fn describe_tome(t: &TomeSettings) -> String {
-    let layers: Vec<&str> = [
-        (t.merge_attn, "attn1"),
-        (t.merge_crossattn, "attn2"),
-        (t.merge_mlp, "mlp"),
-    ]
-    .iter()
-    .filter(|l| l.0)
-    .map(|l| l.1)
-    .collect();
-    format!(
-        "ToMe, merge ratio {:.4} around {}, stacks with downsample <= {}, destinations {}",
-        t.ratio,
-        layers.join("+"),
-        t.max_downsample,
-        if t.random {
-            format!("random (seed {})", t.seed)
-        } else {
-            "top-left".into()
-        }
-    )
 }
 
 #[derive(Args, Debug)]
@@ -281,7 +248,7 @@ pub struct FlopsArgs {
 
 pub fn run(a: &FlopsArgs) -> Result<()> {
     let cfg = match &a.model {
-        Some(m) => crate::model::load::unet_config(m, a.config.as_deref())?,
+        Some(m) => atedm::model::load::unet_config(m, a.config.as_deref())?,
         None => UNetConfig::sdxl_base(),
     };
     let m = 8 * cfg.downsampling();
@@ -302,23 +269,21 @@ pub fn run(a: &FlopsArgs) -> Result<()> {
         "model: {name}, {}x{} (latent {lh}x{lw}), {} steps",
         a.width, a.height, a.steps
     );
-    if s.mode == PruneMode::None {
-        println!("pruning: none");
-    } else if s.mode == PruneMode::Tome {
+    if let Pruning::Tome(t) = &s {
         let how = match budget {
             Some(b) => format!(" (solved for {:.3} TFLOPs)", b / 1e12),
             None => String::new(),
         };
-        println!("pruning: {}{how}", describe_tome(&s.tome));
-    } else {
+        println!("pruning: {}{how}", describe_tome(t.settings()));
+    } else if let Pruning::AtEdm(at) = &s {
         let how = match budget {
             Some(b) => format!("solved for {:.3} TFLOPs", b / 1e12),
             None => "given".into(),
         };
-        let dsap = if s.dsap {
+        let dsap = if let Some(tau) = at.dsap_tau() {
             format!(
                 "DSAP on (tau {}: {} early steps at {:.3} TFLOPs, {} at {:.3})",
-                s.tau,
+                tau,
                 f.early_steps,
                 f.early / 1e12,
                 a.steps - f.early_steps,
@@ -327,15 +292,19 @@ pub fn run(a: &FlopsArgs) -> Result<()> {
         } else {
             "DSAP off".into()
         };
-        let mode = if s.mode == PruneMode::AtEdmDagger {
+        let mode = if at.dagger() {
             "AT-EDM-dagger (no level-2 pruning)"
         } else {
             "AT-EDM"
         };
         println!(
             "pruning: {mode}, keep ratio {:.4} ({how}), G-WPR T={}, pruning block {}, {dsap}",
-            s.keep_ratio, s.gwpr_iters, s.prune_block
+            at.keep_ratio(),
+            at.gwpr_iters(),
+            at.prune_block()
         );
+    } else {
+        println!("pruning: {}", s.describe());
     }
     println!(
         "model TFLOPs/step: {:.3} (full {:.3}; {:.1}% saved, FLOPs ratio {:.2}x)",
@@ -347,7 +316,7 @@ pub fn run(a: &FlopsArgs) -> Result<()> {
     println!(
         "pruning overhead TFLOPs/step: {:.4} ({}; not in the figure above)",
         f.overhead / 1e12,
-        if s.mode == PruneMode::Tome {
+        if s.mode() == PruneMode::Tome {
             "ToMe's similarity matrices"
         } else {
             "head-mean map + G-WPR"
@@ -386,8 +355,9 @@ mod tests {
         let (b, _) = args(PruneArg::Atedm, None, Some("4.1"))
             .settings(&cfg, 128, 128, 50)
             .unwrap();
+        let (a, b) = (a.as_atedm().unwrap(), b.as_atedm().unwrap());
         assert_eq!(a, b);
-        assert!((a.keep_ratio - 0.319).abs() < 0.002);
+        assert!((a.keep_ratio() - 0.319).abs() < 0.002);
     }
 
     #[test]

@@ -1,19 +1,19 @@
-//! `atedm generate`: prompt in, PNG out.
+//! `atedm generate`: prompt in, PNG out (`atedm::pipeline::job`).
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
+use atedm::gpu::GpuContext;
+use atedm::pipeline::generate::{LoadOptions, Record};
+use atedm::pipeline::job::{has_masks, model_name, run_job, GenerateJob, JobEvent};
+use atedm::prune::PruneMode;
+use atedm::{DType, Result};
 use clap::Args;
 
 use crate::cli::flops::PruneArgs;
-use crate::error::{Error, Result};
-use crate::gpu::GpuContext;
-use crate::io::{png_rgb8_bytes, safetensors_bytes, write_atomic, HostTensor};
-use crate::model::weights::read_all_f32;
-use crate::pipeline::dump::{write_run, Rgb8, RunInfo};
-use crate::pipeline::generate::{GenerateRequest, LoadOptions, SdxlPipeline, StepUpdate};
-use crate::prune::flops::PruneMode;
-use crate::tensor::DType;
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
@@ -26,16 +26,25 @@ pub struct GenerateArgs {
     /// (and tokenizers). Default: the built-in SD-XL base configs and CLIP vocabulary.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// What to draw (any text; over 75 CLIP tokens is truncated with a warning). For the demo
+    /// model: "a {small|large} {colour} {circle|square|triangle} at the {position}", joined
+    /// by " and " for two shapes.
     #[arg(long)]
     pub prompt: String,
+    /// What to steer away from (default: none, zero embeddings as SD-XL's
+    /// force_zeros_for_empty_prompt).
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
+    /// Denoising steps (default: the model's own setting: 50 for SD-XL, 20 for the demo model).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (1 or below: no guidance, one UNet batch).
     #[arg(long, default_value_t = 5.0)]
     pub guidance: f32,
+    /// diffusers' guidance_rescale, in [0, 1].
     #[arg(long, default_value_t = 0.0)]
     pub guidance_rescale: f32,
+    /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Image width (default: the model's native size, 1024 for SD-XL, 128 for the demo model).
@@ -53,7 +62,7 @@ pub struct GenerateArgs {
     /// Output PNG.
     #[arg(long, default_value = "out.png")]
     pub output: PathBuf,
-    /// Replace an existing output file.
+    /// Replace existing output files.
     #[arg(long)]
     pub overwrite: bool,
     /// Initial noise: a safetensors file with `latents` [1,4,H/8,W/8] (before scaling by the
@@ -74,184 +83,94 @@ pub struct GenerateArgs {
     pub prune: PruneArgs,
 }
 
-/// Encodes RGB8 pixels as PNG with the generation parameters in a `parameters` text chunk.
-pub fn png_bytes(width: usize, height: usize, rgb: &[u8], parameters: &str) -> Result<Vec<u8>> {
-    png_rgb8_bytes(width, height, rgb, parameters)
-}
-
-/// How a model argument is named in messages and metadata (the built-in demo model when none).
-pub fn model_name(model: Option<&std::path::Path>) -> String {
-    match model {
-        Some(m) => m.display().to_string(),
-        None => crate::model::demo::NAME.to_string(),
+impl GenerateArgs {
+    /// The library's job for these flags.
+    pub fn job(&self) -> Result<GenerateJob> {
+        Ok(GenerateJob {
+            model: self.model.clone(),
+            load: LoadOptions {
+                dtype: self.dtype,
+                vae_dtype: self.vae_dtype,
+                config: self.config.clone(),
+            },
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            steps: self.steps,
+            guidance: self.guidance,
+            guidance_rescale: self.guidance_rescale,
+            seed: self.seed,
+            width: self.width,
+            height: self.height,
+            latents: self.latents.clone(),
+            prune: self.prune.target()?,
+            output: Some(self.output.clone()),
+            overwrite: self.overwrite,
+            save_intermediates: self.save_intermediates.clone(),
+            save_run: self.dump_masks.clone(),
+        })
     }
 }
 
-/// What [`run_observed`] reports while it runs.
-pub enum GenerateEvent<'a> {
-    /// The pipeline is loaded and the run described (its step times still empty).
-    Started(&'a RunInfo),
-    /// A denoising step finished.
-    Step(&'a StepUpdate<'a>),
-}
-
-/// The result of [`run_observed`]: the run's description (with step times) and its image.
-pub struct Generated {
-    pub info: RunInfo,
-    pub image: Rgb8,
+/// Set by Ctrl-C: the run stops after the current step and writes nothing.
+fn interrupted() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    // A second handler cannot be installed (a test harness calling twice): Ctrl-C then
+    // keeps its default behaviour, which also leaves no partial file (writes are atomic).
+    let _ = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst));
+    flag
 }
 
 pub fn run(ctx: &GpuContext, a: &GenerateArgs) -> Result<()> {
-    run_observed(ctx, a, false, |_| {}).map(|_| ())
-}
-
-/// `atedm generate` reporting its progress to `on_event`. With `record`, every step's latents
-/// and masks are downloaded right after the step (as `--dump-masks` does) and reported.
-pub fn run_observed(
-    ctx: &GpuContext,
-    a: &GenerateArgs,
-    record: bool,
-    mut on_event: impl FnMut(GenerateEvent<'_>),
-) -> Result<Generated> {
-    if a.output.exists() && !a.overwrite {
-        return Err(Error::Invalid(format!(
-            "{} exists; pass --overwrite to replace it",
-            a.output.display()
-        )));
-    }
-    let latents = match &a.latents {
-        Some(p) => {
-            let mut m = read_all_f32(p)?;
-            let (_, v) = m
-                .remove("latents")
-                .ok_or_else(|| Error::Invalid(format!("{}: no tensor 'latents'", p.display())))?;
-            Some(v)
-        }
-        None => None,
-    };
-    let t0 = Instant::now();
-    let opts = LoadOptions {
-        dtype: a.dtype,
-        vae_dtype: a.vae_dtype,
-        config: a.config.clone(),
-    };
-    let pipe = match &a.model {
-        Some(m) => SdxlPipeline::load(ctx, m, &opts)?,
-        None => SdxlPipeline::load_demo(ctx, &opts)?,
-    };
-    let model_name = model_name(a.model.as_deref());
-    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    eprintln!("loaded {model_name} in {:.1} s", load_ms / 1e3);
-    let down = pipe.vae.config.upsampling();
-    let native = pipe.native_size();
-    let a = &GenerateArgs {
-        width: Some(a.width.unwrap_or(native)),
-        height: Some(a.height.unwrap_or(native)),
-        ..a.clone()
-    };
-    let (width, height) = (a.width.unwrap_or(native), a.height.unwrap_or(native));
-    let (prune, budget) =
-        a.prune
-            .settings(&pipe.unet.config, height / down, width / down, a.steps)?;
-    let tome = prune.mode == PruneMode::Tome;
-    if a.dump_masks.is_some() && tome {
+    let job = a.job()?;
+    if a.dump_masks.is_some() && !has_masks(&job.prune) {
         eprintln!(
             "note: ToMe merges tokens and has no masks; --dump-masks saves the run, the step previews and the image"
         );
     }
-    let prune_text = crate::cli::flops::describe_prune(&prune, budget);
-    if prune.mode != PruneMode::None {
-        eprintln!("pruning: {prune_text}");
-    }
-    let record = record || a.dump_masks.is_some();
-    let req = GenerateRequest {
-        prompt: a.prompt.clone(),
-        negative_prompt: a.negative_prompt.clone(),
-        steps: a.steps,
-        guidance: a.guidance,
-        guidance_rescale: a.guidance_rescale,
-        width,
-        height,
-        seed: a.seed,
-        latents,
-        prune,
-        record_masks: record && !tome,
-        record_latents: record,
-    };
-    let params = format!(
-        "{}\nNegative prompt: {}\nSteps: {}, Sampler: Euler, CFG scale: {}, Guidance rescale: {}, Seed: {}, Size: {}x{}, Model: {}, Pruning: {}, Engine: atedm {}",
-        a.prompt,
-        a.negative_prompt.as_deref().unwrap_or(""),
-        a.steps,
-        a.guidance,
-        a.guidance_rescale,
-        a.seed,
-        width,
-        height,
-        model_name,
-        prune_text,
-        env!("CARGO_PKG_VERSION")
-    );
-    let latent_shape = [1, pipe.unet.config.in_channels, height / down, width / down];
-    let mut info = RunInfo::new(&pipe.unet.config, &req, latent_shape, &prune_text, &params)?;
-    info.load_ms = load_ms;
-    on_event(GenerateEvent::Started(&info));
-    let bar = indicatif::ProgressBar::new(a.steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}")
-            .expect("static template"),
-    );
-    let t1 = Instant::now();
-    let out = pipe.generate_with(ctx, &req, |u| {
-        bar.set_position(u.step as u64 + 1);
-        on_event(GenerateEvent::Step(u));
-    })?;
+    let stop = interrupted();
+    let t0 = Instant::now();
+    let bar = indicatif::ProgressBar::hidden();
+    let out = run_job(ctx, &job, Record::Nothing, |ev| {
+        match ev {
+            JobEvent::Started(info) => {
+                eprintln!(
+                    "loaded {} in {:.1} s",
+                    model_name(job.model.as_deref()),
+                    info.load_ms / 1e3
+                );
+                if info.prune_mode != PruneMode::None.name() {
+                    eprintln!("pruning: {}", info.prune);
+                }
+                bar.set_length(info.steps as u64);
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}",
+                    )
+                    .expect("static template"),
+                );
+            }
+            JobEvent::Step(u) => bar.set_position(u.step as u64 + 1),
+        }
+        if stop.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
     bar.finish();
-    info.generate_ms = t1.elapsed().as_secs_f64() * 1e3;
-    info.step_ms = out.step_ms.clone();
-    if out.embeds.truncated {
+    let out = out?;
+    if out.output.embeds.truncated {
         eprintln!("warning: the prompt was longer than 75 tokens and was truncated");
     }
-    if let Some(p) = &a.save_intermediates {
-        let e = &out.embeds;
-        let host = |t: &crate::tensor::Tensor| -> Result<(Vec<usize>, Vec<f32>)> {
-            Ok((t.shape().to_vec(), t.to_f32_vec(ctx)?))
-        };
-        let (s0, v0) = host(&e.prompt_embeds)?;
-        let (s1, v1) = host(&e.negative_prompt_embeds)?;
-        let (s2, v2) = host(&e.pooled_prompt_embeds)?;
-        let (s3, v3) = host(&e.negative_pooled_prompt_embeds)?;
-        let bytes = safetensors_bytes(&[
-            HostTensor::F32("prompt_embeds", s0, &v0),
-            HostTensor::F32("negative_prompt_embeds", s1, &v1),
-            HostTensor::F32("pooled_prompt_embeds", s2, &v2),
-            HostTensor::F32("negative_pooled_prompt_embeds", s3, &v3),
-            HostTensor::F32(
-                "latents_final",
-                out.latent_shape.to_vec(),
-                &out.latents_final,
-            ),
-            HostTensor::F32("image", vec![1, 3, height, width], &out.image),
-        ])?;
-        write_atomic(p, &bytes)?;
-    }
-    let rgb = out.rgb8();
     if let Some(dir) = &a.dump_masks {
-        write_run(dir, &info, &out, &rgb, &params)?;
         eprintln!("saved the run to {}", dir.display());
     }
-    write_atomic(&a.output, &png_bytes(width, height, &rgb, &params)?)?;
     eprintln!(
         "wrote {} in {:.1} s",
         a.output.display(),
         t0.elapsed().as_secs_f64()
     );
-    Ok(Generated {
-        info,
-        image: Rgb8 {
-            width,
-            height,
-            pixels: rgb,
-        },
-    })
+    Ok(())
 }

@@ -1,9 +1,8 @@
-//! The `atedm` command line: a thin layer over the library.
+//! The `atedm` command line: a thin layer over the library (part of the binary only).
 
+use atedm::gpu::{ContextOptions, GpuContext};
+use atedm::Result;
 use clap::{Args, Parser, Subcommand};
-
-use crate::error::Result;
-use crate::gpu::{ContextOptions, GpuContext};
 
 pub mod bench;
 pub mod bench_ops;
@@ -26,12 +25,18 @@ pub struct GpuArgs {
 }
 
 impl GpuArgs {
-    pub fn context(&self) -> Result<GpuContext> {
-        GpuContext::new(&ContextOptions {
+    /// The library's adapter options.
+    pub fn options(&self) -> ContextOptions {
+        ContextOptions {
             backend: self.backend.clone(),
             adapter: self.adapter.clone(),
             plan_only: false,
-        })
+        }
+    }
+
+    /// Opens the adapter these flags select.
+    pub fn context(&self) -> Result<GpuContext> {
+        GpuContext::new(&self.options())
     }
 }
 
@@ -99,16 +104,16 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", ctx.describe());
             Ok(())
         }
-        Command::Bench(args) => bench::run(&cli.gpu.context()?, &args).map(|_| ()),
+        Command::Bench(args) => bench::run(&cli.gpu.context()?, &args),
         Command::BenchOps(args) => bench_ops::run(&cli.gpu.context()?, &args),
         Command::Flops(args) => flops::run(&args),
         Command::Generate(args) => generate::run(&cli.gpu.context()?, &args),
-        Command::Eval(args) => eval::run(&cli.gpu.context()?, &args).map(|_| ()),
+        Command::Eval(args) => eval::run(&cli.gpu.context()?, &args),
         Command::UnetEval(args) => unet_eval::run(&cli.gpu.context()?, &args),
         #[cfg(feature = "viewer")]
         Command::View(args) => view::run(&cli.gpu, args),
         #[cfg(not(feature = "viewer"))]
-        Command::View { .. } => Err(crate::error::Error::Invalid(
+        Command::View { .. } => Err(atedm::Error::Invalid(
             "this atedm was built without the viewer; build it with `cargo build --release --features viewer`".into(),
         )),
     }

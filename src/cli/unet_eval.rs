@@ -2,16 +2,15 @@
 
 use std::path::PathBuf;
 
+use atedm::gpu::GpuContext;
+use atedm::io::{safetensors_bytes, write_atomic, HostTensor};
+use atedm::model::load::load_unet;
+use atedm::model::unet::{PruneStep, UNetInputs};
+use atedm::model::weights::read_all_f32;
+use atedm::{DType, Error, Result, Tensor};
 use clap::Args;
 
 use crate::cli::flops::PruneArgs;
-use crate::error::{Error, Result};
-use crate::gpu::GpuContext;
-use crate::io::{safetensors_bytes, write_atomic, HostTensor};
-use crate::model::load::load_unet;
-use crate::model::unet::{PruneStep, UNetInputs};
-use crate::model::weights::read_all_f32;
-use crate::tensor::{DType, Tensor};
 
 #[derive(Args, Debug)]
 pub struct UNetEvalArgs {
@@ -73,13 +72,9 @@ pub fn run(ctx: &GpuContext, args: &UNetEvalArgs) -> Result<()> {
             args.step, args.steps
         )));
     }
-    let (settings, _) = args.prune.settings(&unet.config, lh, lw, args.steps)?;
-    let prune = PruneStep {
-        settings,
-        step: args.step,
-        steps: args.steps,
-    };
-    let (out, records) = unet.forward_pruned(
+    let (pruning, _) = args.prune.settings(&unet.config, lh, lw, args.steps)?;
+    let prune = PruneStep::new(&pruning, args.step, args.steps);
+    let result = unet.forward_pruned(
         ctx,
         &UNetInputs {
             sample: &sample,
@@ -90,6 +85,7 @@ pub fn run(ctx: &GpuContext, args: &UNetEvalArgs) -> Result<()> {
         },
         &prune,
     )?;
+    let (out, records) = (result.sample, result.records);
     let data = out.to_f32_vec(ctx)?;
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
         return Err(Error::Invalid(format!(

@@ -2,14 +2,18 @@
 
 use std::path::PathBuf;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use atedm::pipeline::dump::RunData;
+use atedm::pipeline::job::{check_output, model_name};
+use atedm::viewer::live::{spawn, LiveRun};
+use atedm::viewer::ViewerApp;
+use atedm::{Error, Result};
 use clap::{Args, Subcommand};
 
 use crate::cli::generate::GenerateArgs;
 use crate::cli::GpuArgs;
-use crate::error::{Error, Result};
-use crate::pipeline::dump::RunData;
-use crate::viewer::live::{spawn, LiveRun};
-use crate::viewer::ViewerApp;
 
 #[derive(Args, Debug, Clone)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -46,14 +50,8 @@ pub struct LiveArgs {
 }
 
 /// Loads the dump folders to show (one or two).
-pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<RunData>> {
-    if dirs.len() > 2 {
-        return Err(Error::Invalid(format!(
-            "atedm view shows one or two saved runs side by side; got {} folders",
-            dirs.len()
-        )));
-    }
-    dirs.iter().map(|d| RunData::load(d)).collect()
+fn load_runs(dirs: &[PathBuf]) -> Result<Vec<RunData>> {
+    atedm::viewer::load_runs(dirs)
 }
 
 pub fn run(gpu: &GpuArgs, a: ViewArgs) -> Result<()> {
@@ -71,10 +69,10 @@ pub fn run(gpu: &GpuArgs, a: ViewArgs) -> Result<()> {
             ));
         }
         let runs = load_runs(&a.dirs)?;
-        let rgba = crate::viewer::headless::screenshot(&gpu.context()?, runs, a.step, w, h)?;
-        crate::io::write_atomic(
+        let rgba = atedm::viewer::headless::screenshot(&gpu.context()?, runs, a.step, w, h)?;
+        atedm::io::write_atomic(
             out,
-            &crate::io::png_rgba8_bytes(w as usize, h as usize, &rgba)?,
+            &atedm::io::png_rgba8_bytes(w as usize, h as usize, &rgba)?,
         )?;
         eprintln!("wrote {}", out.display());
         return Ok(());
@@ -84,13 +82,8 @@ pub fn run(gpu: &GpuArgs, a: ViewArgs) -> Result<()> {
             let runs = load_runs(l.compare.as_slice())?;
             let g = &l.generate;
             // Refuse what `generate` would refuse before opening a window.
-            if g.output.exists() && !g.overwrite {
-                return Err(Error::Invalid(format!(
-                    "{} exists; pass --overwrite to replace it",
-                    g.output.display()
-                )));
-            }
-            (runs, Some(l.generate))
+            check_output(&g.output, g.overwrite)?;
+            (runs, Some(g.job()?))
         }
         None => {
             if a.dirs.is_empty() {
@@ -102,10 +95,7 @@ pub fn run(gpu: &GpuArgs, a: ViewArgs) -> Result<()> {
         }
     };
     let title = match (&live, runs.as_slice()) {
-        (Some(g), _) => format!(
-            "atedm view: live, {}",
-            crate::cli::generate::model_name(g.model.as_deref())
-        ),
+        (Some(g), _) => format!("atedm view: live, {}", model_name(g.model.as_deref())),
         (None, r) => format!(
             "atedm view: {}",
             r.iter().map(RunData::label).collect::<Vec<_>>().join(" | ")
@@ -117,14 +107,15 @@ pub fn run(gpu: &GpuArgs, a: ViewArgs) -> Result<()> {
             .with_title(title.clone()),
         ..Default::default()
     };
-    let gpu = gpu.clone();
+    let gpu = gpu.options();
     eframe::run_native(
         &title,
         options,
         Box::new(move |cc| {
-            let live = live.map(|args| {
+            let live = live.map(|job| {
                 let ctx = cc.egui_ctx.clone();
-                let (rx, worker) = spawn(args, gpu, move || ctx.request_repaint());
+                let stop = Arc::new(AtomicBool::new(false));
+                let (rx, worker) = spawn(job, gpu, stop, move || ctx.request_repaint());
                 LiveRun::new(rx, worker)
             });
             Ok(Box::new(ViewerApp::new(runs, live)))

@@ -9,8 +9,13 @@ use crate::eval::detect::{check, Adherence};
 use crate::eval::metrics::{psnr, ssim};
 use crate::eval::spec::DemoSpec;
 use crate::gpu::GpuContext;
+use crate::model::config::UNetConfig;
 use crate::pipeline::generate::{GenerateRequest, SdxlPipeline};
-use crate::prune::flops::{unet_flops, PruneSettings};
+use crate::prune::budget::tome_for_budget;
+use crate::prune::flops::unet_flops;
+use crate::prune::schedule::stacks;
+use crate::prune::tome::TomeSettings;
+use crate::prune::{AtEdm, Pruning};
 
 /// One configuration to evaluate.
 #[derive(Clone, Debug)]
@@ -19,7 +24,8 @@ pub struct Variant {
     pub name: String,
     /// The settings in words.
     pub describe: String,
-    pub prune: PruneSettings,
+    /// The pruning.
+    pub prune: Pruning,
 }
 
 /// What to generate.
@@ -99,8 +105,8 @@ pub fn evaluate(
     let down = pipe.vae.config.upsampling();
     let (lh, lw) = (opts.height / down, opts.width / down);
     let cfg = &pipe.unet.config;
-    let full = unet_flops(cfg, lh, lw, opts.steps, &PruneSettings::default())?.full;
-    let request = |caption: &str, i: usize, prune: PruneSettings| GenerateRequest {
+    let full = unet_flops(cfg, lh, lw, opts.steps, &Pruning::None)?.full;
+    let request = |caption: &str, i: usize, prune: &Pruning| GenerateRequest {
         prompt: caption.to_string(),
         negative_prompt: None,
         steps: opts.steps,
@@ -110,13 +116,12 @@ pub fn evaluate(
         height: opts.height,
         seed: opts.seed + i as u64,
         latents: None,
-        prune,
-        record_masks: false,
-        record_latents: false,
+        prune: prune.clone(),
+        record: Default::default(),
     };
     // One warm-up per variant so that pipeline creation is not timed.
     for v in variants {
-        pipe.generate(ctx, &request(&opts.captions[0], 0, v.prune), |_, _| {})?;
+        pipe.generate(ctx, &request(&opts.captions[0], 0, &v.prune), |_, _| {})?;
     }
     let total = variants.len() * opts.captions.len();
     let mut images: Vec<Vec<ImageResult>> = vec![Vec::new(); variants.len()];
@@ -124,7 +129,7 @@ pub fn evaluate(
     for (i, caption) in opts.captions.iter().enumerate() {
         for (vi, v) in variants.iter().enumerate() {
             let t = Instant::now();
-            let out = pipe.generate(ctx, &request(caption, i, v.prune), |_, _| {})?;
+            let out = pipe.generate(ctx, &request(caption, i, &v.prune), |_, _| {})?;
             let seconds = t.elapsed().as_secs_f64();
             let rgb = out.rgb8();
             let adherence = check(spec, caption, &rgb, opts.width, opts.height)?;
@@ -181,6 +186,63 @@ pub fn evaluate(
         variants: summaries,
         images,
     })
+}
+
+/// A pruned method compared with the full model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// AT-EDM at the keep ratio.
+    AtEdm,
+    /// ToMe solved to AT-EDM's FLOPs at the keep ratio.
+    Tome,
+}
+
+/// The variants of a comparison: the full model first (the reference), then per keep ratio
+/// AT-EDM (DSAP with `dsap_tau`, or none) and ToMe at AT-EDM's FLOPs (its merge ratio and
+/// layers solved), as `methods` ask.
+pub fn comparison_variants(
+    cfg: &UNetConfig,
+    lh: usize,
+    lw: usize,
+    steps: usize,
+    keep_ratios: &[f64],
+    methods: &[Method],
+    dsap_tau: Option<f64>,
+) -> Result<Vec<Variant>> {
+    let mut out = vec![Variant {
+        name: "full".into(),
+        describe: Pruning::None.describe(),
+        prune: Pruning::None,
+    }];
+    for &k in keep_ratios {
+        let at = Pruning::AtEdm(AtEdm::new(k)?.with_dsap(dsap_tau)?);
+        at.check_stacks(&stacks(cfg, lh, lw))?;
+        if methods.contains(&Method::AtEdm) {
+            out.push(Variant {
+                name: format!("AT-EDM {k}"),
+                describe: at.describe(),
+                prune: at.clone(),
+            });
+        }
+        if methods.contains(&Method::Tome) {
+            let budget = unet_flops(cfg, lh, lw, steps, &at)?.model;
+            let tome = Pruning::tome(tome_for_budget(
+                cfg,
+                lh,
+                lw,
+                steps,
+                &TomeSettings::default(),
+                budget,
+                true,
+            )?)?;
+            out.push(Variant {
+                name: format!("ToMe (= AT-EDM {k})"),
+                describe: tome.describe_solved(Some(budget)),
+                prune: tome,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// `n` held-back captions: the first half from the one-shape list, the rest from the two-shape

@@ -194,3 +194,24 @@ impl DemoSpec {
         Ok(out)
     }
 }
+
+/// The built-in demo model's dataset definition: palette, shapes, positions, held-back captions.
+pub fn demo_spec() -> Result<DemoSpec> {
+    DemoSpec::from_json(
+        crate::model::demo::SPEC_JSON,
+        &crate::model::demo::label("atedm_demo.json"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn demo_default_steps_are_the_training_sample_steps() {
+        let v: serde_json::Value = serde_json::from_str(crate::model::demo::SPEC_JSON).unwrap();
+        let steps = v["training"]["hyperparameters"]["sample_steps"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(crate::model::demo::DEFAULT_STEPS as u64, steps);
+        super::demo_spec().unwrap();
+    }
+}

@@ -12,6 +12,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use super::GpuContext;
+use crate::error::{Error, Result};
+
 /// How the times were taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimingSource {
@@ -200,5 +203,131 @@ impl ProfState {
         let q = (self.sets.len() - 1, self.used);
         self.used += 2;
         q
+    }
+}
+
+/// Restores the previous profiling scope when dropped (see [`GpuContext::profile_scope`]).
+pub struct ProfileScope<'a> {
+    ctx: &'a GpuContext,
+    previous: Option<&'static str>,
+}
+
+impl Drop for ProfileScope<'_> {
+    fn drop(&mut self) {
+        if let Some(st) = self.ctx.profiler.lock().unwrap().as_mut() {
+            if st.owner == std::thread::current().id() {
+                st.scope = self.previous;
+            }
+        }
+    }
+}
+
+impl GpuContext {
+    /// Starts timing every dispatch (GPU timestamps when the adapter has them, else CPU wall
+    /// time per dispatch, which submits each one alone). Waits for earlier work first.
+    pub fn profile_begin(&self) -> Result<()> {
+        self.wait()?;
+        let source = if self.supports_timestamps() {
+            TimingSource::GpuTimestamps
+        } else {
+            TimingSource::CpuWait
+        };
+        let mut prof = self.profiler.lock().unwrap();
+        if prof.is_some() {
+            return Err(Error::Invalid(
+                "a profile is already being recorded on this context".into(),
+            ));
+        }
+        *prof = Some(ProfState::new(source));
+        Ok(())
+    }
+
+    /// Ends the profile: waits for the GPU, reads the timestamps and returns the dispatch times.
+    pub fn profile_end(&self) -> Result<Profile> {
+        self.wait()?;
+        let st = {
+            let mut prof = self.profiler.lock().unwrap();
+            match prof.as_ref() {
+                Some(st) if st.owner == std::thread::current().id() => prof.take(),
+                _ => None,
+            }
+        };
+        let Some(st) = st else {
+            return Err(Error::Invalid(
+                "profile_end without profile_begin on this thread".into(),
+            ));
+        };
+        let mut ticks: Vec<Vec<u64>> = Vec::with_capacity(st.sets.len());
+        for (i, set) in st.sets.iter().enumerate() {
+            let count = if i + 1 == st.sets.len() {
+                st.used
+            } else {
+                QUERIES_PER_SET
+            };
+            let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile resolve"),
+                size: count as u64 * 8,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            self.with_encoder(|enc| enc.resolve_query_set(set, 0..count, &buf, 0));
+            let bytes = self.read(&buf, count as u64 * 8)?;
+            ticks.push(bytemuck::pod_collect_to_vec(&bytes));
+        }
+        let period_s = self.queue.get_timestamp_period() as f64 * 1e-9;
+        let dispatches = st
+            .records
+            .into_iter()
+            .map(|r| DispatchTime {
+                op: r.op,
+                entry: r.entry,
+                scope: r.scope,
+                flops: r.flops,
+                seconds: match r.query {
+                    Some((set, q)) => {
+                        let t = &ticks[set];
+                        t[q as usize + 1].saturating_sub(t[q as usize]) as f64 * period_s
+                    }
+                    None => r.seconds,
+                },
+            })
+            .collect();
+        Ok(Profile {
+            source: st.source,
+            dispatches,
+        })
+    }
+
+    /// Whether this thread is recording a profile.
+    pub fn is_profiling(&self) -> bool {
+        self.profiler
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|st| st.owner == std::thread::current().id())
+    }
+
+    /// Tags the dispatches recorded until the guard drops with `scope` (when profiling).
+    pub fn profile_scope(&self, scope: &'static str) -> ProfileScope<'_> {
+        let previous = self
+            .profiler
+            .lock()
+            .unwrap()
+            .as_mut()
+            .filter(|st| st.owner == std::thread::current().id())
+            .and_then(|st| st.scope.replace(scope));
+        ProfileScope {
+            ctx: self,
+            previous,
+        }
+    }
+
+    /// The FLOPs of the next dispatch (ops that count them call this just before dispatching).
+    pub(crate) fn note_flops(&self, flops: f64) {
+        if let Some(st) = self.profiler.lock().unwrap().as_mut() {
+            if st.owner == std::thread::current().id() {
+                st.next_flops = Some(flops);
+            }
+        }
     }
 }

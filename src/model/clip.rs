@@ -7,12 +7,12 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::model::nn::{LayerNorm, Linear};
-use crate::model::weights::WeightLoader;
+use crate::model::weights::{WeightLoader, WeightStore};
+use crate::nn::{LayerNorm, Linear};
 use crate::ops::activation::{self, Activation};
 use crate::ops::attention::{self, AttentionOptions};
 use crate::ops::{elementwise, gather};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// `CLIPTextConfig` fields we use (transformers' `config.json`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -166,6 +166,50 @@ pub struct ClipOutput {
     pub pooled: Option<Tensor>,
 }
 
+/// Prefixes under which a saved CLIP text model holds its text tower (`embeddings.*`,
+/// `encoder.layers.*`, `final_layer_norm.*`). transformers 4.x and 5.0-5.5 save both classes
+/// under `text_model.`; from 5.6 on (5.24, 5.25 included) `CLIPTextModel` is saved flat (it is
+/// the text transformer itself) and `CLIPTextModelWithProjection` still under `text_model.`.
+/// The projection is `text_projection.weight` in every layout (see
+/// tests/fixtures/clip_layouts/README.md).
+pub const TEXT_MODEL_PREFIXES: [&str; 2] = ["text_model.", ""];
+
+/// The tensor whose presence tells the layouts of [`TEXT_MODEL_PREFIXES`] apart.
+const LAYOUT_PROBE: &str = "embeddings.token_embedding.weight";
+
+/// The text-tower prefix `store` uses (one of [`TEXT_MODEL_PREFIXES`]); an error naming the
+/// expected tensor and some of the stored names when none or several match.
+pub fn text_model_prefix(store: &WeightStore) -> Result<&'static str> {
+    let found: Vec<&'static str> = TEXT_MODEL_PREFIXES
+        .into_iter()
+        .filter(|p| store.contains(&format!("{p}{LAYOUT_PROBE}")))
+        .collect();
+    let expected = || {
+        TEXT_MODEL_PREFIXES
+            .iter()
+            .map(|p| format!("'{p}{LAYOUT_PROBE}'"))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    match found.as_slice() {
+        [p] => Ok(p),
+        [] => {
+            let names: Vec<&str> = store.names().take(5).collect();
+            Err(Error::Invalid(format!(
+                "not a CLIP text model in a known layout: no {} (the transformers layouts with and without the 'text_model.' prefix); the file has {} tensors{}{}",
+                expected(),
+                store.names().count(),
+                if names.is_empty() { "" } else { ", e.g. " },
+                names.join(", ")
+            )))
+        }
+        _ => Err(Error::Invalid(format!(
+            "ambiguous CLIP text model layout: the file has both {}",
+            expected().replace(" or ", " and ")
+        ))),
+    }
+}
+
 /// `CLIPTextModel` / `CLIPTextModelWithProjection`.
 pub struct ClipTextModel {
     pub config: ClipTextConfig,
@@ -178,7 +222,22 @@ pub struct ClipTextModel {
 }
 
 impl ClipTextModel {
-    /// Builds the model from `l` (transformers names); `with_projection` for
+    /// Loads a transformers text encoder folder (`config.json` and `model.safetensors`, its
+    /// `.fp16` variant, preferred for f16, or a sharded index) in any layout of
+    /// [`TEXT_MODEL_PREFIXES`]; `with_projection` for `CLIPTextModelWithProjection`. Errors
+    /// name the folder.
+    pub fn load(ctx: &GpuContext, dir: &Path, dtype: DType, with_projection: bool) -> Result<Self> {
+        let cfg = ClipTextConfig::from_file(dir)?;
+        let store = WeightStore::open_diffusers(dir, "model", dtype == DType::F16)?;
+        let what = |e: Error| Error::Invalid(format!("{}: {e}", dir.display()));
+        let mut l = WeightLoader::new(ctx, &store, dtype);
+        let model = Self::build(&cfg, &mut l, with_projection).map_err(what)?;
+        l.finish().map_err(what)?;
+        Ok(model)
+    }
+
+    /// Builds the model from `l` (transformers names, under the `text_model.` prefix or without
+    /// it: whichever the store holds, see [`text_model_prefix`]); `with_projection` for
     /// `CLIPTextModelWithProjection` (SD-XL's `text_encoder_2`). Check `l.finish()` before use.
     pub fn build(
         cfg: &ClipTextConfig,
@@ -196,21 +255,28 @@ impl ClipTextModel {
         };
         let act = cfg.activation()?;
         let d = cfg.hidden_size;
+        // Planning and synthetic loaders have no file: transformers' canonical names.
+        let root = match l.store() {
+            Some(store) => text_model_prefix(store)?,
+            None => TEXT_MODEL_PREFIXES[0],
+        };
+        // Older exports carry transformers' position_ids buffer: not a weight.
+        l.ignore_prefix(&format!("{root}embeddings.position_ids"));
         Ok(ClipTextModel {
             token_embedding: l.get(
-                "text_model.embeddings.token_embedding.weight",
+                &format!("{root}embeddings.token_embedding.weight"),
                 &[cfg.vocab_size, d],
             ),
             position_embedding: l.get(
-                "text_model.embeddings.position_embedding.weight",
+                &format!("{root}embeddings.position_embedding.weight"),
                 &[cfg.max_position_embeddings, d],
             ),
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| ClipEncoderLayer::load(l, &format!("text_model.encoder.layers.{i}"), cfg))
+                .map(|i| ClipEncoderLayer::load(l, &format!("{root}encoder.layers.{i}"), cfg))
                 .collect(),
             final_layer_norm: LayerNorm::load(
                 l,
-                "text_model.final_layer_norm",
+                &format!("{root}final_layer_norm"),
                 d,
                 cfg.layer_norm_eps as f32,
             ),
@@ -229,6 +295,53 @@ impl ClipTextModel {
         batch: usize,
         pooled: bool,
     ) -> Result<ClipOutput> {
+        let (mut h, len) = self.embed(ctx, ids, batch)?;
+        let d = self.config.hidden_size;
+        let n = self.layers.len();
+        let heads = self.config.num_attention_heads;
+        for layer in &self.layers[..n - 1] {
+            h = layer.forward(ctx, &h, heads, self.act)?;
+        }
+        let penultimate = h.clone();
+        let pooled = match (&self.text_projection, pooled) {
+            (Some(proj), true) => {
+                let last = self.layers[n - 1].forward(ctx, &h, heads, self.act)?;
+                let normed = self.final_layer_norm.forward(ctx, &last)?;
+                // The first occurrence of the highest id (EOS = 49407), as transformers' argmax.
+                let eos: Vec<u32> = ids
+                    .chunks(len)
+                    .map(|row| {
+                        let max = *row.iter().max().expect("len > 0");
+                        row.iter()
+                            .position(|&t| t == max)
+                            .expect("max is in the row") as u32
+                    })
+                    .collect();
+                let rows =
+                    gather::gather_rows(ctx, &normed, &Tensor::from_u32(ctx, &eos, &[batch, 1])?)?;
+                Some(proj.forward(ctx, &rows.reshape(&[batch, d])?, None)?)
+            }
+            _ => None,
+        };
+        Ok(ClipOutput {
+            penultimate,
+            pooled,
+        })
+    }
+
+    /// transformers' `last_hidden_state` of token ids `[B, L]`: every layer, then the final
+    /// layer norm, `[B, L, C]`. SD-XL does not use it; it checks the last layer's and the final
+    /// norm's weights of `CLIPTextModel`, which [`forward`](Self::forward) never reads.
+    pub fn last_hidden_state(&self, ctx: &GpuContext, ids: &[u32], batch: usize) -> Result<Tensor> {
+        let (mut h, _) = self.embed(ctx, ids, batch)?;
+        for layer in &self.layers {
+            h = layer.forward(ctx, &h, self.config.num_attention_heads, self.act)?;
+        }
+        self.final_layer_norm.forward(ctx, &h)
+    }
+
+    /// Checks the ids and returns the token plus position embeddings `[B, L, C]` and `L`.
+    fn embed(&self, ctx: &GpuContext, ids: &[u32], batch: usize) -> Result<(Tensor, usize)> {
         let cfg = &self.config;
         let d = cfg.hidden_size;
         if batch == 0 || ids.len() % batch != 0 {
@@ -267,36 +380,7 @@ impl ClipTextModel {
                 .reshape(&[1, cfg.max_position_embeddings, d])?,
             &Tensor::from_u32(ctx, &pos_idx, &[1, len])?,
         )?;
-        let mut h = elementwise::add(ctx, &tok.reshape(&[batch, len, d])?, &pos)?;
-        let n = self.layers.len();
-        let heads = cfg.num_attention_heads;
-        for layer in &self.layers[..n - 1] {
-            h = layer.forward(ctx, &h, heads, self.act)?;
-        }
-        let penultimate = h.clone();
-        let pooled = match (&self.text_projection, pooled) {
-            (Some(proj), true) => {
-                let last = self.layers[n - 1].forward(ctx, &h, heads, self.act)?;
-                let normed = self.final_layer_norm.forward(ctx, &last)?;
-                // The first occurrence of the highest id (EOS = 49407), as transformers' argmax.
-                let eos: Vec<u32> = ids
-                    .chunks(len)
-                    .map(|row| {
-                        let max = *row.iter().max().expect("len > 0");
-                        row.iter()
-                            .position(|&t| t == max)
-                            .expect("max is in the row") as u32
-                    })
-                    .collect();
-                let rows =
-                    gather::gather_rows(ctx, &normed, &Tensor::from_u32(ctx, &eos, &[batch, 1])?)?;
-                Some(proj.forward(ctx, &rows.reshape(&[batch, d])?, None)?)
-            }
-            _ => None,
-        };
-        Ok(ClipOutput {
-            penultimate,
-            pooled,
-        })
+        let h = elementwise::add(ctx, &tok.reshape(&[batch, len, d])?, &pos)?;
+        Ok((h, len))
     }
 }

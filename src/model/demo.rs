@@ -5,9 +5,6 @@
 //! `atedm generate` works with no model on disk. The tokenizers are the engine's embedded CLIP
 //! vocabulary, the one `assets/demo/tokenizer*/` were written from.
 
-use crate::error::Result;
-use crate::eval::spec::DemoSpec;
-
 /// How the demo model is named in messages and PNG metadata.
 pub const NAME: &str = "<built-in demo model>";
 
@@ -22,12 +19,17 @@ macro_rules! asset {
 
 /// One model part: its config text and f16 weights, and its file names for messages.
 pub struct Part {
+    /// `config.json`.
     pub config: &'static str,
+    /// The fp16 safetensors file.
     pub weights: &'static [u8],
+    /// The part's folder name.
     pub name: &'static str,
+    /// The weights' path in the folder.
     pub weights_name: &'static str,
 }
 
+/// `text_encoder/` (CLIP ViT-L-shaped).
 pub static TEXT_ENCODER: Part = Part {
     config: asset!(str "text_encoder/config.json"),
     weights: asset!(bytes "text_encoder/model.fp16.safetensors"),
@@ -35,6 +37,7 @@ pub static TEXT_ENCODER: Part = Part {
     weights_name: "text_encoder/model.fp16.safetensors",
 };
 
+/// `text_encoder_2/` (OpenCLIP bigG-shaped, with projection).
 pub static TEXT_ENCODER_2: Part = Part {
     config: asset!(str "text_encoder_2/config.json"),
     weights: asset!(bytes "text_encoder_2/model.fp16.safetensors"),
@@ -42,6 +45,7 @@ pub static TEXT_ENCODER_2: Part = Part {
     weights_name: "text_encoder_2/model.fp16.safetensors",
 };
 
+/// `unet/`.
 pub static UNET: Part = Part {
     config: asset!(str "unet/config.json"),
     weights: asset!(bytes "unet/diffusion_pytorch_model.fp16.safetensors"),
@@ -49,6 +53,7 @@ pub static UNET: Part = Part {
     weights_name: "unet/diffusion_pytorch_model.fp16.safetensors",
 };
 
+/// `vae/`.
 pub static VAE: Part = Part {
     config: asset!(str "vae/config.json"),
     weights: asset!(bytes "vae/diffusion_pytorch_model.fp16.safetensors"),
@@ -62,10 +67,9 @@ pub const SCHEDULER_CONFIG: &str = asset!(str "scheduler/scheduler_config.json")
 /// The dataset definition the model was trained on (`atedm_demo.json`).
 pub const SPEC_JSON: &str = asset!(str "atedm_demo.json");
 
-/// The demo model's dataset definition: palette, shapes, positions, held-back captions.
-pub fn spec() -> Result<DemoSpec> {
-    DemoSpec::from_json(SPEC_JSON, &label("atedm_demo.json"))
-}
+/// The demo model's denoising steps: the setting it was trained and evaluated with
+/// (`training.sample_steps` in `atedm_demo.json`).
+pub const DEFAULT_STEPS: usize = 20;
 
 /// `<built-in demo model>/<file>`: how a demo file is named in errors.
 pub fn label(file: &str) -> String {

@@ -6,8 +6,8 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::model::nn::{Conv2d, GroupNorm, Linear};
 use crate::model::weights::WeightLoader;
+use crate::nn::{Conv2d, GroupNorm, Linear};
 use crate::ops::attention::{self, AttentionOptions, MAX_HEAD_DIM};
 use crate::ops::{elementwise, layout, matmul, softmax};
 use crate::tensor::{DType, Tensor};
@@ -165,8 +165,8 @@ impl VaeResnet {
     fn forward(&self, ctx: &GpuContext, x: &Tensor) -> Result<Tensor> {
         let h = self
             .conv1
-            .forward(ctx, &self.norm1.forward(ctx, x, true)?, None)?;
-        let h = self.norm2.forward(ctx, &h, true)?;
+            .forward(ctx, &self.norm1.forward_silu(ctx, x)?, None)?;
+        let h = self.norm2.forward_silu(ctx, &h)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(ctx, x, None)?,
             None => x.clone(),
@@ -201,7 +201,7 @@ impl VaeAttention {
     fn forward(&self, ctx: &GpuContext, x: &Tensor) -> Result<Tensor> {
         let s = x.shape();
         let (b, c, hw) = (s[0], s[1], s[2] * s[3]);
-        let h = self.group_norm.forward(ctx, x, false)?;
+        let h = self.group_norm.forward(ctx, x)?;
         let h = layout::transpose_last2(ctx, &h.reshape(&[b, c, hw])?)?;
         let q = self.to_q.forward(ctx, &h, None)?;
         let k = self.to_k.forward(ctx, &h, None)?;
@@ -490,7 +490,7 @@ impl VaeDecoder {
                 h = conv.forward(ctx, &layout::upsample_nearest2x(ctx, &h)?, None)?;
             }
         }
-        let h = self.conv_norm_out.forward(ctx, &h, true)?;
+        let h = self.conv_norm_out.forward_silu(ctx, &h)?;
         self.conv_out.forward(ctx, &h, None)
     }
 }

@@ -476,7 +476,7 @@ impl<'a> WeightLoader<'a> {
     ) -> Result<Tensor> {
         let key = name
             .bytes()
-            .fold(seed, |h, b| crate::prune::tome::mix32(h ^ b as u32));
+            .fold(seed, |h, b| crate::ops::fill::mix32(h ^ b as u32));
         let (offset, scale) = if want.len() >= 2 {
             let fan_in: usize = want[1..].iter().product();
             (0.0, (3.0 / fan_in.max(1) as f32).sqrt())
@@ -506,6 +506,12 @@ impl<'a> WeightLoader<'a> {
     /// The compute dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The store weights are read from; `None` in planning and synthetic mode. For models that
+    /// pick their names by what a file holds (the CLIP text models' `text_model.` prefix).
+    pub fn store(&self) -> Option<&'a WeightStore> {
+        self.store
     }
 
     /// Marks every tensor under `prefix` as deliberately unused (e.g. the VAE encoder when only

@@ -6,7 +6,6 @@ use bytemuck::{Pod, Zeroable};
 use super::dim32;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Kernel};
-use crate::prune::tome::mix32;
 use crate::tensor::{DType, Tensor};
 
 crate::shader_family!(pub SHADER, "fill");
@@ -63,4 +62,15 @@ pub fn cpu_fill_uniform(n: usize, seed: u32, offset: f32, scale: f32) -> Vec<f32
             offset + scale * (2.0 * u - 1.0)
         })
         .collect()
+}
+
+/// lowbias32, the integer hash of `fill_uniform` and of ToMe's destination choice (the WGSL
+/// `mix32` of `shaders/include/common.wgsl`).
+pub fn mix32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^= x >> 16;
+    x
 }

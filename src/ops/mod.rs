@@ -24,7 +24,8 @@ pub mod matmul;
 pub mod norm;
 pub mod softmax;
 
-/// Every WGSL kernel family of the engine (validated by naga in the tests, in both dtypes).
+/// The WGSL kernel families of this layer (the engine's whole list, with pruning's:
+/// [`crate::shader_families`]).
 pub fn shader_families() -> Vec<&'static ShaderFamily> {
     vec![
         &activation::SHADER,
@@ -39,8 +40,6 @@ pub fn shader_families() -> Vec<&'static ShaderFamily> {
         &matmul::SHADER,
         &norm::SHADER,
         &softmax::SHADER,
-        &crate::prune::gwpr::SHADER,
-        &crate::prune::tome::SHADER,
     ]
 }
 

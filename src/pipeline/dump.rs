@@ -21,9 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::io::{png_rgb8_bytes, safetensors_bytes, write_atomic, HostTensor};
-use crate::model::config::UNetConfig;
-use crate::pipeline::generate::{GenerateOutput, GenerateRequest, StepMask};
-use crate::prune::flops::{stacks, unet_flops, PruneMode, PruneSettings};
+use crate::pipeline::generate::{GenerateOutput, StepMask};
 
 /// The `format` field of `run.json`.
 pub const RUN_FORMAT: &str = "atedm-run/1";
@@ -81,75 +79,6 @@ pub struct StackInfo {
 }
 
 impl RunInfo {
-    /// Describes the run of `req` with `unet` on a `latent_shape` latent; `prune_text` and
-    /// `settings` describe the pruning and the whole request. `step_ms`, `load_ms` and
-    /// `generate_ms` are left empty / zero for the caller.
-    pub fn new(
-        unet: &UNetConfig,
-        req: &GenerateRequest,
-        latent_shape: [usize; 4],
-        prune_text: &str,
-        settings: &str,
-    ) -> Result<Self> {
-        let (prune, steps) = (&req.prune, req.steps);
-        let (lh, lw) = (latent_shape[2], latent_shape[3]);
-        let report = unet_flops(unet, lh, lw, steps, prune)?;
-        // Overheads of an early and a late step: the report only has their average.
-        let late_over = unet_flops(
-            unet,
-            lh,
-            lw,
-            1,
-            &PruneSettings {
-                dsap: false,
-                ..*prune
-            },
-        )?
-        .overhead;
-        let early_over = unet_flops(unet, lh, lw, 1, prune)?.overhead;
-        let early = |i: usize| i < report.early_steps;
-        let atedm = matches!(prune.mode, PruneMode::AtEdm | PruneMode::AtEdmDagger);
-        Ok(RunInfo {
-            format: RUN_FORMAT.into(),
-            settings: settings.into(),
-            prompt: req.prompt.clone(),
-            prune_mode: match prune.mode {
-                PruneMode::None => "none",
-                PruneMode::AtEdm => "atedm",
-                PruneMode::AtEdmDagger => "atedm-dagger",
-                PruneMode::Tome => "tome",
-            }
-            .into(),
-            prune: prune_text.into(),
-            width: req.width,
-            height: req.height,
-            latent_shape,
-            steps,
-            step_ms: Vec::new(),
-            step_flops: (0..steps)
-                .map(|i| if early(i) { report.early } else { report.late })
-                .collect(),
-            step_overhead_flops: (0..steps)
-                .map(|i| if early(i) { early_over } else { late_over })
-                .collect(),
-            full_flops: report.full,
-            early_steps: report.early_steps,
-            stacks: stacks(unet, lh, lw)
-                .iter()
-                .map(|s| StackInfo {
-                    name: s.name.clone(),
-                    level: s.level,
-                    grid: [s.grid.0, s.grid.1],
-                    pruned: (0..steps)
-                        .map(|i| atedm && prune.pruned_at(s, i, steps))
-                        .collect(),
-                })
-                .collect(),
-            load_ms: 0.0,
-            generate_ms: 0.0,
-        })
-    }
-
     /// Checks the fields against each other (a hand-edited or truncated `run.json`).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(format!("{RUN_FILE}: {m}")));
@@ -614,50 +543,5 @@ mod tests {
         ] {
             assert!(!is_step_file(no), "{no}");
         }
-    }
-
-    #[test]
-    fn run_info_counts_flops_per_step_and_pruned_stacks() {
-        let cfg = crate::model::config::UNetConfig::sdxl_base();
-        let prune = PruneSettings {
-            mode: PruneMode::AtEdm,
-            keep_ratio: 0.5,
-            ..Default::default()
-        };
-        let req = GenerateRequest {
-            steps: 8,
-            prune,
-            ..Default::default()
-        };
-        let info = RunInfo::new(&cfg, &req, [1, 4, 128, 128], "x", "s").unwrap();
-        info.validate().unwrap();
-        assert_eq!(info.early_steps, 2);
-        assert!(
-            info.step_flops[0] > info.step_flops[2],
-            "{:?}",
-            info.step_flops
-        );
-        assert_eq!(info.step_flops[2], info.step_flops[7]);
-        assert!(info.step_flops[0] < info.full_flops);
-        let avg = info.step_flops.iter().sum::<f64>() / 8.0;
-        let report = unet_flops(&cfg, 128, 128, 8, &prune).unwrap();
-        assert!((avg - report.model).abs() < 1e-6 * report.model);
-        let over = info.step_overhead_flops.iter().sum::<f64>() / 8.0;
-        assert!((over - report.overhead).abs() < 1e-6 * report.overhead);
-        // SD-XL: 11 stacks at 64x64 and 32x32; down_blocks.1.attentions.0 is DSAP-protected.
-        assert_eq!(info.stacks.len(), 11);
-        let d10 = info.stack("down_blocks.1.attentions.0").unwrap();
-        assert_eq!((d10.level, d10.grid), (2, [64, 64]));
-        assert_eq!(
-            d10.pruned,
-            [false, false, true, true, true, true, true, true]
-        );
-        let req = GenerateRequest {
-            steps: 8,
-            ..Default::default()
-        };
-        let full = RunInfo::new(&cfg, &req, [1, 4, 128, 128], "none", "s").unwrap();
-        assert!(full.step_flops.iter().all(|&f| f == full.full_flops));
-        assert!(full.stacks.iter().all(|s| s.pruned.iter().all(|p| !p)));
     }
 }

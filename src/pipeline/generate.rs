@@ -33,7 +33,10 @@ use crate::model::vae::{VaeConfig, VaeDecoder};
 use crate::model::weights::{SafetensorsFile, Transform, WeightLoader, WeightStore};
 use crate::ops::{elementwise, guidance, layout};
 use crate::pipeline::scheduler::{EulerConfig, EulerSchedule};
-use crate::prune::flops::PruneSettings;
+use std::ops::ControlFlow;
+
+use crate::prune::schedule::stacks;
+use crate::prune::Pruning;
 use crate::tensor::{DType, Tensor};
 
 /// How to load a pipeline.
@@ -76,17 +79,40 @@ pub struct GenerateRequest {
     /// Initial noise `[1, 4, H/8, W/8]` before scaling by the scheduler's `init_noise_sigma`;
     /// `None`: drawn from a standard normal with `seed`.
     pub latents: Option<Vec<f32>>,
-    /// AT-EDM pruning inside the UNet (default: none); DSAP follows the step index.
-    pub prune: PruneSettings,
-    /// Keep every pruned stack's kept tokens and G-WPR scores of every step in the output
-    /// (downloaded after the loop, not inside it, unless `record_latents` is on).
-    pub record_masks: bool,
-    /// Download, after every step, the latents and the step's prediction of the clean latents
-    /// (for previews), and with `record_masks` that step's masks, and hand them to the step
-    /// callback of [`SdxlPipeline::generate_with`]. Fills [`GenerateOutput::step_latents`] and
-    /// [`GenerateOutput::step_denoised`]. Costs one small readback (a wait for the GPU) per step;
-    /// off, the step loop has no readback.
-    pub record_latents: bool,
+    /// Pruning inside the UNet (default: none): AT-EDM (DSAP follows the step index), ToMe,
+    /// or a user-written schedule.
+    pub prune: Pruning,
+    /// What the run records besides the image (default: nothing).
+    pub record: Record,
+}
+
+/// What a generation records besides the image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Record {
+    /// Nothing: the step loop has no readback.
+    #[default]
+    Nothing,
+    /// Every AT-EDM-pruned stack's kept tokens and G-WPR scores of every step, in
+    /// [`GenerateOutput::masks`] (downloaded after the loop, not inside it).
+    Masks,
+    /// After every step: the latents, the step's prediction of the clean latents (for
+    /// previews) and that step's masks, handed to the step callback of
+    /// [`SdxlPipeline::generate_with`] and kept in [`GenerateOutput::step_latents`],
+    /// [`GenerateOutput::step_denoised`] and [`GenerateOutput::masks`]. Costs one small
+    /// readback (a wait for the GPU) per step.
+    Steps,
+}
+
+impl Record {
+    /// Whether masks are recorded.
+    pub fn masks(self) -> bool {
+        self != Record::Nothing
+    }
+
+    /// Whether every step is read back.
+    pub fn steps(self) -> bool {
+        self == Record::Steps
+    }
 }
 
 impl Default for GenerateRequest {
@@ -102,9 +128,8 @@ impl Default for GenerateRequest {
             height: 1024,
             seed: 0,
             latents: None,
-            prune: PruneSettings::default(),
-            record_masks: false,
-            record_latents: false,
+            prune: Pruning::None,
+            record: Record::Nothing,
         }
     }
 }
@@ -130,16 +155,16 @@ pub struct GenerateOutput {
     pub image: Vec<f32>,
     pub width: usize,
     pub height: usize,
-    /// With `record_masks`: per step, per pruned stack.
+    /// With [`Record::Masks`] or [`Record::Steps`]: per step, per pruned stack.
     pub masks: Vec<StepMask>,
     /// Wall time of each denoising step in ms, from recording its first op to the end of the
     /// step. With `record_latents` the step ends with a readback, so this is the GPU time of the
     /// step plus that (small) readback; without, it is recording and submission only (the GPU
     /// may still be running the step).
     pub step_ms: Vec<f64>,
-    /// With `record_latents`: the latents after each step, each of shape `latent_shape`.
+    /// With [`Record::Steps`]: the latents after each step, each of shape `latent_shape`.
     pub step_latents: Vec<Vec<f32>>,
-    /// With `record_latents`: each step's prediction of the clean latents,
+    /// With [`Record::Steps`]: each step's prediction of the clean latents,
     /// `x0 = x_i - sigma_i * eps` (what previews show; the last one is the final latents).
     pub step_denoised: Vec<Vec<f32>>,
 }
@@ -152,11 +177,11 @@ pub struct StepUpdate<'a> {
     pub steps: usize,
     /// Wall time of the step (see [`GenerateOutput::step_ms`]).
     pub ms: f64,
-    /// With `record_latents`: the latents after the step, of shape `latent_shape`.
+    /// With [`Record::Steps`]: the latents after the step, of shape `latent_shape`.
     pub latents: Option<&'a [f32]>,
-    /// With `record_latents`: the step's prediction of the clean latents.
+    /// With [`Record::Steps`]: the step's prediction of the clean latents.
     pub denoised: Option<&'a [f32]>,
-    /// With `record_latents` and `record_masks`: this step's masks (empty otherwise; then the
+    /// With [`Record::Steps`]: this step's masks (empty otherwise; with [`Record::Masks`] the
     /// masks are downloaded after the loop into [`GenerateOutput::masks`]).
     pub masks: &'a [StepMask],
     /// `[1, 4, H/8, W/8]`.
@@ -203,7 +228,13 @@ pub struct SdxlPipeline {
     pub scheduler: EulerConfig,
     pub dtype: DType,
     pub vae_dtype: DType,
+    /// Denoising steps when a request names none: diffusers' 50 for SD-XL, the demo model's
+    /// own setting for it.
+    pub default_steps: usize,
 }
+
+/// diffusers' default number of denoising steps for SD-XL.
+pub const DEFAULT_STEPS: usize = 50;
 
 fn part(root: &Path, name: &str) -> Result<PathBuf> {
     let p = root.join(name);
@@ -383,6 +414,7 @@ impl SdxlPipeline {
             scheduler,
             dtype: opts.dtype,
             vae_dtype,
+            default_steps: DEFAULT_STEPS,
         })
     }
 
@@ -441,6 +473,7 @@ impl SdxlPipeline {
             scheduler: EulerConfig::from_json(demo::SCHEDULER_CONFIG)?,
             dtype: opts.dtype,
             vae_dtype,
+            default_steps: demo::DEFAULT_STEPS,
         })
     }
 
@@ -539,6 +572,7 @@ impl SdxlPipeline {
             scheduler,
             dtype: opts.dtype,
             vae_dtype,
+            default_steps: DEFAULT_STEPS,
         })
     }
 
@@ -546,6 +580,11 @@ impl SdxlPipeline {
     /// times the VAE's downsampling; 1024 for SD-XL).
     pub fn native_size(&self) -> usize {
         self.unet.config.sample_size * self.vae.config.upsampling()
+    }
+
+    /// Denoising steps when a request names none ([`SdxlPipeline::default_steps`] field).
+    pub fn default_steps(&self) -> usize {
+        self.default_steps
     }
 
     /// Image sizes must be multiples of this (VAE x UNet downsampling).
@@ -647,6 +686,9 @@ impl SdxlPipeline {
                 req.guidance_rescale
             )));
         }
+        let down = self.vae.config.upsampling();
+        let plan = stacks(&self.unet.config, req.height / down, req.width / down);
+        req.prune.check_stacks(&plan)?;
         Ok(())
     }
 
@@ -657,16 +699,20 @@ impl SdxlPipeline {
         req: &GenerateRequest,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<GenerateOutput> {
-        self.generate_with(ctx, req, |u| progress(u.step + 1, u.steps))
+        self.generate_with(ctx, req, |u| {
+            progress(u.step + 1, u.steps);
+            ControlFlow::Continue(())
+        })
     }
 
     /// Generates one image, calling `on_step` after every denoising step with the step's time
-    /// and, with [`GenerateRequest::record_latents`], its latents, prediction and masks.
+    /// and, with [`Record::Steps`], its latents, prediction and masks. When `on_step` returns
+    /// [`ControlFlow::Break`], the run stops there and returns [`Error::Cancelled`].
     pub fn generate_with(
         &self,
         ctx: &GpuContext,
         req: &GenerateRequest,
-        mut on_step: impl FnMut(&StepUpdate<'_>),
+        mut on_step: impl FnMut(&StepUpdate<'_>) -> ControlFlow<()>,
     ) -> Result<GenerateOutput> {
         self.check_request(req)?;
         let down = self.vae.config.upsampling();
@@ -734,7 +780,7 @@ impl SdxlPipeline {
                 x.clone()
             };
             let xin = elementwise::scale(ctx, &xin, schedule.input_scale(i), 0.0)?;
-            let (eps, records) = self.unet.forward_pruned(
+            let out = self.unet.forward_pruned(
                 ctx,
                 &UNetInputs {
                     sample: &xin,
@@ -743,21 +789,18 @@ impl SdxlPipeline {
                     text_embeds: &text_embeds,
                     time_ids: &time_ids,
                 },
-                &PruneStep {
-                    settings: req.prune,
-                    step: i,
-                    steps: req.steps,
-                },
+                &PruneStep::new(&req.prune, i, req.steps),
             )?;
-            if req.record_masks {
-                recorded.extend(records.stacks.into_iter().map(|(name, r)| (i, name, r)));
+            let eps = out.sample;
+            if req.record.masks() {
+                recorded.extend(out.records.stacks.into_iter().map(|(name, r)| (i, name, r)));
             }
             let eps = if cfg {
                 guidance::guidance(ctx, &eps, req.guidance, req.guidance_rescale)?
             } else {
                 eps
             };
-            let denoised = if req.record_latents {
+            let denoised = if req.record.steps() {
                 let x0 = elementwise::binary(
                     ctx,
                     &x,
@@ -787,7 +830,7 @@ impl SdxlPipeline {
             }
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             step_ms.push(ms);
-            on_step(&StepUpdate {
+            let flow = on_step(&StepUpdate {
                 step: i,
                 steps: req.steps,
                 ms,
@@ -796,6 +839,9 @@ impl SdxlPipeline {
                 masks: &masks[first_mask..],
                 latent_shape,
             });
+            if flow.is_break() {
+                return Err(Error::Cancelled);
+            }
         }
         let latents_final = x.to_f32_vec(ctx)?;
         if let Some(i) = latents_final.iter().position(|v| !v.is_finite()) {

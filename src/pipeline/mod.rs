@@ -1,6 +1,9 @@
-//! The text-to-image pipeline: scheduler, guidance and generation.
+//! The text-to-image pipeline: the scheduler, generation, and runs described, saved and read
+//! back for the viewer.
 
 pub mod dump;
 pub mod generate;
+pub mod job;
 pub mod preview;
+pub mod record;
 pub mod scheduler;

@@ -1,6 +1,6 @@
 //! ToMe (token merging), the baseline AT-EDM is compared with at equal FLOPs: tomesd's
 //! bipartite soft matching on a 2x2-window grid, made deterministic (definition in
-//! `../shared/spec/atedm.md`, "ToMe baseline", with the choices fixed here):
+//! `docs/pruning.md`, with the choices fixed here):
 //!
 //! - Per `BasicTransformerBlock` of the selected stacks (downsample factor `2^(level-1)` at most
 //!   `max_downsample`), from the block input `x [B, N, C]` on its `h x w` grid.
@@ -25,6 +25,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, Kernel};
+use crate::ops::fill::mix32;
 use crate::ops::matmul::{self, MatmulOptions};
 use crate::ops::{dim32, float_dtype};
 use crate::tensor::{DType, Tensor};
@@ -383,16 +384,6 @@ pub fn unmerge_add(
 // ---------------------------------------------------------------------------------------------
 // CPU references
 // ---------------------------------------------------------------------------------------------
-
-/// lowbias32, the hash of the destination choice.
-pub fn mix32(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^= x >> 16;
-    x
-}
 
 /// CPU reference of [`roles`].
 pub fn cpu_roles(site: &BlockSite, s: &TomeSettings) -> Vec<u32> {

@@ -1,12 +1,16 @@
 //! Live mode: a generation on a worker thread with its own engine `GpuContext`, reporting each
 //! step over a channel. The UI thread only ever polls the channel ([`LiveRun::poll`]).
 
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, TryRecvError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::cli::generate::{run_observed, GenerateArgs, GenerateEvent};
-use crate::cli::GpuArgs;
+use crate::gpu::{ContextOptions, GpuContext};
 use crate::pipeline::dump::{Rgb8, RunData, RunInfo, StepData};
+use crate::pipeline::generate::Record;
+use crate::pipeline::job::{run_job, GenerateJob, JobEvent};
 
 /// A message from the worker.
 #[derive(Debug)]
@@ -34,11 +38,13 @@ pub enum LiveStatus {
     Failed(String),
 }
 
-/// Starts `atedm generate` with `args` on a worker thread (its own GPU context from `gpu`).
-/// `wake` is called after every message (the UI requests a repaint there).
+/// Runs `job` on a worker thread (its own GPU context from `gpu`), every step read back and
+/// reported. `wake` is called after every message (the UI requests a repaint there). Setting
+/// `stop` ends the run after the current step, writing nothing.
 pub fn spawn(
-    args: GenerateArgs,
-    gpu: GpuArgs,
+    job: GenerateJob,
+    gpu: ContextOptions,
+    stop: Arc<AtomicBool>,
     wake: impl Fn() + Send + 'static,
 ) -> (Receiver<LiveMsg>, JoinHandle<()>) {
     let (tx, rx) = channel();
@@ -50,18 +56,25 @@ pub fn spawn(
                 let _ = tx.send(m);
                 wake();
             };
-            let result = gpu.context().and_then(|ctx| {
-                run_observed(&ctx, &args, true, |ev| match ev {
-                    GenerateEvent::Started(info) => send(LiveMsg::Started(Box::new(info.clone()))),
-                    GenerateEvent::Step(u) => send(LiveMsg::Step {
-                        step: u.step,
-                        ms: u.ms,
-                        data: StepData {
-                            latents: u.latents.map(<[f32]>::to_vec),
-                            denoised: u.denoised.map(<[f32]>::to_vec),
-                            masks: u.masks.to_vec(),
-                        },
-                    }),
+            let result = GpuContext::new(&gpu).and_then(|ctx| {
+                run_job(&ctx, &job, Record::Steps, |ev| {
+                    match ev {
+                        JobEvent::Started(info) => send(LiveMsg::Started(Box::new(info.clone()))),
+                        JobEvent::Step(u) => send(LiveMsg::Step {
+                            step: u.step,
+                            ms: u.ms,
+                            data: StepData {
+                                latents: u.latents.map(<[f32]>::to_vec),
+                                denoised: u.denoised.map(<[f32]>::to_vec),
+                                masks: u.masks.to_vec(),
+                            },
+                        }),
+                    }
+                    if stop.load(Ordering::SeqCst) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
                 })
             });
             match result {

@@ -14,3 +14,19 @@ pub mod live;
 pub mod model;
 
 pub use app::ViewerApp;
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::pipeline::dump::RunData;
+
+/// Loads the saved runs to show side by side (one or two `generate --dump-masks` folders).
+pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<RunData>> {
+    if dirs.len() > 2 {
+        return Err(Error::Invalid(format!(
+            "atedm view shows one or two saved runs side by side; got {} folders",
+            dirs.len()
+        )));
+    }
+    dirs.iter().map(|d| RunData::load(d)).collect()
+}

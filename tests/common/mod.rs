@@ -161,10 +161,53 @@ pub fn pipeline_request(
         seed: 0,
         latents: Some(refs["latents"].1.clone()),
         prune: Default::default(),
-        record_masks: false,
-        record_latents: false,
+        record: Default::default(),
     };
     (req, refs, meta)
+}
+
+/// What a run of the `atedm` binary printed.
+pub struct CliRun {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// The run's stderr, asserting that it failed.
+    pub fn error(&self) -> &str {
+        assert!(
+            !self.success,
+            "expected a failure; stderr:\n{}",
+            self.stderr
+        );
+        &self.stderr
+    }
+
+    /// Asserts that the run succeeded.
+    pub fn ok(&self) -> &Self {
+        assert!(self.success, "atedm failed:\n{}", self.stderr);
+        self
+    }
+}
+
+/// Runs the `atedm` binary (the command line as a user runs it) with `args`.
+pub fn atedm_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> CliRun {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_atedm"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running the atedm binary");
+    CliRun {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A path as a command-line argument.
+pub fn path_str(p: &Path) -> String {
+    p.to_str().expect("test paths are UTF-8").to_string()
 }
 
 /// A path under the crate root.
@@ -214,4 +257,46 @@ impl FixtureInputs {
             time_ids: &self.time_ids,
         }
     }
+}
+
+/// The tiny pipeline's "cfg" fixture run (96x64, 4 steps, f32, its initial latents, seed 7) as a
+/// generation job writing `out`.
+pub fn pipeline_job(out: &Path) -> atedm::GenerateJob {
+    let (req, _, _) = pipeline_request("cfg");
+    let fixture = |p: &str| root("tests/fixtures/pipeline").join(p);
+    atedm::GenerateJob {
+        model: Some(fixture("sdxl-tiny")),
+        load: atedm::LoadOptions {
+            dtype: DType::F32,
+            vae_dtype: None,
+            config: None,
+        },
+        prompt: req.prompt,
+        negative_prompt: req.negative_prompt,
+        steps: Some(req.steps),
+        guidance: req.guidance,
+        guidance_rescale: 0.0,
+        seed: 7,
+        width: Some(req.width),
+        height: Some(req.height),
+        latents: Some(fixture("cfg.safetensors")),
+        output: Some(out.to_path_buf()),
+        ..Default::default()
+    }
+}
+
+/// tiny-b's UNet (f32) and its fixture inputs.
+pub fn tiny_b() -> (atedm::model::unet::UNet2DConditionModel, FixtureInputs) {
+    let unet = atedm::model::load::load_unet(
+        ctx(),
+        &root("tests/fixtures/unet/tiny-b/unet"),
+        None,
+        DType::F32,
+    )
+    .unwrap();
+    let inputs = FixtureInputs::load(
+        &root("tests/fixtures/unet/tiny-b/inputs.safetensors"),
+        DType::F32,
+    );
+    (unet, inputs)
 }

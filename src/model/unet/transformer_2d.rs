@@ -1,0 +1,152 @@
+//! `Transformer2DModel` (diffusers `transformer_2d.py`): a stack of transformer blocks on the
+//! feature map's tokens, where AT-EDM prunes and ToMe merges.
+
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use crate::model::config::UNetConfig;
+use crate::model::weights::WeightLoader;
+use crate::nn::{GroupNorm, Linear};
+use crate::ops::{elementwise, gather, layout};
+use crate::prune::gwpr;
+use crate::prune::schedule::StackPrune;
+use crate::prune::tome::{self, TomeSettings};
+use crate::tensor::Tensor;
+
+use super::attention::{AttentionMap, BasicTransformerBlock};
+
+/// What a stack returns: its output, its AT-EDM record when pruned, and ToMe's merged row of
+/// every token per merged block.
+pub struct StackOutput {
+    /// `[B, C, H, W]`, the residual included.
+    pub output: Tensor,
+    /// AT-EDM's decisions, when the stack was pruned.
+    pub record: Option<StackRecord>,
+    /// ToMe: `(block index in the stack, slot [B, N] u32)` per merged block.
+    pub merges: Vec<(usize, Tensor)>,
+}
+
+/// `Transformer2DModel` with linear projections.
+pub struct Transformer2DModel {
+    pub norm: GroupNorm,
+    pub proj_in: Linear,
+    pub transformer_blocks: Vec<BasicTransformerBlock>,
+    pub proj_out: Linear,
+}
+
+impl Transformer2DModel {
+    pub(crate) fn load(
+        l: &mut WeightLoader,
+        p: &str,
+        cfg: &UNetConfig,
+        dim: usize,
+        depth: usize,
+        heads: usize,
+    ) -> Self {
+        Transformer2DModel {
+            // diffusers hard-codes eps 1e-6 for this GroupNorm.
+            norm: GroupNorm::load(l, &format!("{p}.norm"), dim, cfg.norm_num_groups, 1e-6),
+            proj_in: Linear::load(l, &format!("{p}.proj_in"), dim, dim, true),
+            transformer_blocks: (0..depth)
+                .map(|i| {
+                    BasicTransformerBlock::load(
+                        l,
+                        &format!("{p}.transformer_blocks.{i}"),
+                        dim,
+                        cfg.cross_attention_dim,
+                        heads,
+                    )
+                })
+                .collect(),
+            proj_out: Linear::load(l, &format!("{p}.proj_out"), dim, dim, true),
+        }
+    }
+
+    /// `x [B, C, H, W]` -> `[B, C, H, W]` (with the residual `x`). With `prune`, AT-EDM as
+    /// docs/pruning.md defines it: block p's head-mean self-attention map gives G-WPR scores and the
+    /// kept tokens; blocks after p and `proj_out` run on the kept tokens only; every pruned
+    /// token then copies the output of the kept token it attended to most.
+    pub(crate) fn forward(
+        &self,
+        ctx: &GpuContext,
+        x: &Tensor,
+        context: &Tensor,
+        mode: Option<&StackMode>,
+    ) -> Result<StackOutput> {
+        let s = x.shape();
+        let (b, c, hw) = (s[0], s[1], s[2] * s[3]);
+        let h = self.norm.forward(ctx, x)?;
+        let h = layout::transpose_last2(ctx, &h.reshape(&[b, c, hw])?)?;
+        let mut h = self.proj_in.forward(ctx, &h, None)?;
+        let mut record = None;
+        let mut recover = None;
+        let mut merges = Vec::new();
+        let prune = match mode {
+            Some(StackMode::AtEdm(p)) => Some(p),
+            _ => None,
+        };
+        for (i, block) in self.transformer_blocks.iter().enumerate() {
+            if let Some(StackMode::Tome {
+                settings,
+                first_block,
+                step,
+            }) = mode
+            {
+                let site = tome::BlockSite {
+                    h: s[2],
+                    w: s[3],
+                    block_id: first_block + i as u32,
+                    step: *step,
+                };
+                let (next, slot) = block.forward_tome(ctx, &h, context, &site, settings)?;
+                h = next;
+                merges.extend(slot.map(|s| (i, s)));
+                continue;
+            }
+            let map = if prune.is_some_and(|p| p.block == i) {
+                AttentionMap::HeadMean
+            } else {
+                AttentionMap::Skip
+            };
+            let (next, map) = block.forward(ctx, &h, context, map)?;
+            h = next;
+            if let (Some(p), Some(map)) = (prune, map) {
+                let _scope = ctx.profile_scope("atedm");
+                let scores = gwpr::gwpr(ctx, &map, p.iters)?;
+                let kept = gwpr::top_k(ctx, &scores, p.keep)?;
+                recover = Some(gwpr::recover_index(ctx, &map, &kept)?);
+                h = gather::gather_rows(ctx, &h, &kept)?;
+                record = Some(StackRecord { kept, scores });
+            }
+        }
+        let mut h = self.proj_out.forward(ctx, &h, None)?;
+        if let Some(r) = &recover {
+            let _scope = ctx.profile_scope("atedm");
+            h = gather::gather_rows(ctx, &h, r)?;
+        }
+        let h = layout::transpose_last2(ctx, &h)?.reshape(s)?;
+        Ok(StackOutput {
+            output: elementwise::add(ctx, &h, x)?,
+            record,
+            merges,
+        })
+    }
+}
+
+/// What runs in one stack at this forward.
+#[derive(Clone, Copy, Debug)]
+pub enum StackMode {
+    AtEdm(StackPrune),
+    Tome {
+        settings: TomeSettings,
+        /// Index of the stack's first block among all transformer blocks (forward order).
+        first_block: u32,
+        step: u32,
+    },
+}
+
+/// What a pruned stack decided: kept token indices `[B, k]` (u32, ascending) and the G-WPR
+/// importance `[B, N]` (f32). Both stay on the GPU.
+pub struct StackRecord {
+    pub kept: Tensor,
+    pub scores: Tensor,
+}

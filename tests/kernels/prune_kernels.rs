@@ -1,0 +1,103 @@
+//! G-WPR, top-k and recovery-index kernels against their CPU references, including ties,
+//! k = N and k = 1.
+
+use crate::common::*;
+use atedm::prune::gwpr;
+use atedm::{DType, Tensor};
+use proptest::prelude::*;
+
+/// Row-stochastic maps [B, N, N] (softmax of random logits), rounded to `dtype`.
+fn random_map(r: &mut rand::rngs::StdRng, b: usize, n: usize, dtype: DType) -> Vec<f32> {
+    let logits = rand_vec(r, b * n * n, 3.0);
+    let mut out = Vec::with_capacity(b * n * n);
+    for row in logits.chunks(n) {
+        let m = row.iter().fold(f32::MIN, |a, &v| a.max(v));
+        let e: Vec<f32> = row.iter().map(|&v| (v - m).exp()).collect();
+        let s: f32 = e.iter().sum();
+        out.extend(e.iter().map(|v| v / s));
+    }
+    round_to(dtype, &out)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+    #[test]
+    fn gwpr_topk_recover_match_cpu(b in 1usize..3, n in 1usize..70, iters in 1usize..6,
+                                   kf in 0.0f64..1.0, seed in any::<u64>()) {
+        let k = ((kf * n as f64) as usize).clamp(1, n);
+        let mut r = rng(seed);
+        for dtype in DTYPES {
+            let map = random_map(&mut r, b, n, dtype);
+            let map_t = upload(&map, &[b, n, n], dtype);
+            // G-WPR in f32 sums over f16/f32 map entries; the reference sums in f64:
+            // differences are f32 rounding (~n * 6e-8 relative), far below 1e-4.
+            let scores = gwpr::gwpr(ctx(), &map_t, iters).unwrap();
+            let want = gwpr::cpu_gwpr(&map, b, n, iters);
+            let got = download(&scores);
+            assert_close(&got, &want, 1e-4, &format!("gwpr b{b} n{n} T{iters} {dtype}"));
+            let total: f32 = got[..n].iter().sum();
+            prop_assert!((total - 1.0).abs() < 1e-3, "scores sum to 1: {total}");
+            // Top-k and recovery on the reference scores (exact comparisons).
+            let s_t = Tensor::from_f32(ctx(), &want, &[b, n], DType::F32).unwrap();
+            let kept = gwpr::top_k(ctx(), &s_t, k).unwrap();
+            let want_kept = gwpr::cpu_top_k(&want, b, n, k);
+            prop_assert_eq!(kept.to_u32_vec(ctx()).unwrap(), want_kept.clone());
+            let rec = gwpr::recover_index(ctx(), &map_t, &kept).unwrap();
+            prop_assert_eq!(rec.to_u32_vec(ctx()).unwrap(), gwpr::cpu_recover_index(&map, b, n, &want_kept, k));
+        }
+    }
+}
+
+#[test]
+fn ties_go_to_the_lower_index() {
+    let c = ctx();
+    // Uniform map: every score is 1/N, so the kept set is the first k tokens and every pruned
+    // token recovers from kept position 0.
+    let n = 9;
+    let map = vec![1.0 / n as f32; n * n];
+    let map_t = upload(&map, &[1, n, n], DType::F32);
+    let s = gwpr::gwpr(c, &map_t, 5).unwrap();
+    let kept = gwpr::top_k(c, &s, 4).unwrap();
+    assert_eq!(kept.to_u32_vec(c).unwrap(), vec![0, 1, 2, 3]);
+    let rec = gwpr::recover_index(c, &map_t, &kept)
+        .unwrap()
+        .to_u32_vec(c)
+        .unwrap();
+    assert_eq!(rec, vec![0, 1, 2, 3, 0, 0, 0, 0, 0]);
+    // Explicit duplicates: [0.3, 0.5, 0.3, 0.5, 0.1] with k = 3 keeps 1, 3 and the lower 0.3 (0).
+    let sc = Tensor::from_f32(c, &[0.3, 0.5, 0.3, 0.5, 0.1], &[1, 5], DType::F32).unwrap();
+    assert_eq!(
+        gwpr::top_k(c, &sc, 3).unwrap().to_u32_vec(c).unwrap(),
+        vec![0, 1, 3]
+    );
+    // k = N keeps everything; k = 1 the best.
+    assert_eq!(
+        gwpr::top_k(c, &sc, 5).unwrap().to_u32_vec(c).unwrap(),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert_eq!(
+        gwpr::top_k(c, &sc, 1).unwrap().to_u32_vec(c).unwrap(),
+        vec![1]
+    );
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let c = ctx();
+    let m = upload(&[0.5; 6], &[1, 2, 3], DType::F32);
+    assert!(gwpr::gwpr(c, &m, 5)
+        .unwrap_err()
+        .to_string()
+        .contains("[B, N, N]"));
+    let m = upload(&[0.5; 4], &[1, 2, 2], DType::F32);
+    assert!(gwpr::gwpr(c, &m, 0).is_err());
+    let s = Tensor::from_f32(c, &[0.5, 0.5], &[1, 2], DType::F32).unwrap();
+    assert!(gwpr::top_k(c, &s, 0).is_err());
+    assert!(gwpr::top_k(c, &s, 3).is_err());
+    let bad_kept = Tensor::from_f32(c, &[0.0], &[1, 1], DType::F32).unwrap();
+    assert!(gwpr::recover_index(c, &m, &bad_kept)
+        .unwrap_err()
+        .to_string()
+        .contains("u32"));
+}
