@@ -79,7 +79,7 @@ fn upward_imports(src: &Path) -> Vec<(PathBuf, usize, String, String)> {
     let mut bad = Vec::new();
     for f in files {
         let module = module_of(src, &f);
-        if module == "main" || module == "lib" || module.starts_with("cli") {
+        if ["main", "lib", "layers"].contains(&module.as_str()) || module.starts_with("cli") {
             continue;
         }
         let Some(own) = rank(&module) else {

@@ -248,7 +248,7 @@ fn write_masks(dir: &Path, info: &RunInfo, masks: &[StepMask]) -> Result<()> {
             };
             let [gh, gw] = st.grid;
             let b = m.kept_shape[0] - 1; // the conditional half with CFG
-            let on = kept_flags(m, b, gh * gw);
+            let on = m.kept_mask(b);
             let scale = (64 / gw.max(1)).max(1);
             let (w, h) = (gw * scale, gh * scale);
             let mut rgb = Vec::with_capacity(w * h * 3);
@@ -275,19 +275,6 @@ fn write_masks(dir: &Path, info: &RunInfo, masks: &[StepMask]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Per token of batch row `b`: whether `m` keeps it (`n` tokens; indices out of range are
-/// ignored, [`RunData::load`] refuses them).
-pub fn kept_flags(m: &StepMask, b: usize, n: usize) -> Vec<bool> {
-    let k = m.kept_shape[1];
-    let mut on = vec![false; n];
-    for &j in m.kept.get(b * k..(b + 1) * k).unwrap_or(&[]) {
-        if let Some(f) = on.get_mut(j as usize) {
-            *f = true;
-        }
-    }
-    on
 }
 
 /// The tensors of a small safetensors file: f32 and int64 (as u32) data with shapes.
@@ -512,6 +499,7 @@ fn read_mask(t: &Tensors, st: &StackInfo, step: usize) -> Result<StepMask> {
     Ok(StepMask {
         step,
         stack: st.name.clone(),
+        grid: st.grid,
         kept: kv.iter().map(|&v| v as u32).collect(),
         kept_shape: [ks[0], ks[1]],
         scores: sv.clone(),

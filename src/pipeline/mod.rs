@@ -4,6 +4,8 @@
 pub mod dump;
 pub mod generate;
 pub mod job;
+pub mod load;
 pub mod preview;
 pub mod record;
+pub mod request;
 pub mod scheduler;

@@ -2,7 +2,7 @@
 //! its keyboard actions, mask and heatmap images, previews and chart data. Unit-tested here;
 //! `app` draws them with egui.
 
-use crate::pipeline::dump::{kept_flags, Rgb8, RunData, StackInfo};
+use crate::pipeline::dump::{Rgb8, RunData, StackInfo};
 use crate::pipeline::generate::StepMask;
 use crate::pipeline::preview::latents_to_rgb8;
 
@@ -178,7 +178,7 @@ pub fn batch_row(b: usize, conditional: bool) -> usize {
 /// pixel per token.
 pub fn mask_image(m: &StepMask, st: &StackInfo, conditional: bool) -> Rgba8 {
     let [gh, gw] = st.grid;
-    let on = kept_flags(m, batch_row(m.kept_shape[0], conditional), gh * gw);
+    let on = m.kept_mask(batch_row(m.kept_shape[0], conditional));
     let pixels = on
         .iter()
         .flat_map(|&k| {
@@ -435,6 +435,7 @@ mod tests {
         let m = StepMask {
             step: 0,
             stack: "mid".into(),
+            grid: [2, 3],
             kept: vec![0, 5, 1, 2],
             kept_shape: [2, 2],
             scores: vec![0.5, 0.1, 0.1, 0.1, 0.1, 0.1, 0.0, 0.4, 0.3, 0.1, 0.1, 0.1],
