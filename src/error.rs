@@ -14,29 +14,55 @@ pub enum Error {
     NoAdapter(String),
     /// `request_device` failed.
     #[error("could not open the GPU device on adapter '{adapter}': {message}")]
-    DeviceRequest { adapter: String, message: String },
+    DeviceRequest {
+        /// Name of the adapter the device was requested from.
+        adapter: String,
+        /// wgpu's description of the failure.
+        message: String,
+    },
     /// The device was lost (driver reset, GPU removed, destroyed).
     #[error("GPU device lost: {0}")]
     DeviceLost(String),
     /// An allocation failed on the GPU.
     #[error("GPU out of memory while allocating {bytes} bytes for {what}")]
-    OutOfMemory { what: String, bytes: u64 },
+    OutOfMemory {
+        /// What the allocation was for (the buffer's label).
+        what: String,
+        /// Size of the failed allocation in bytes (its pool size class; 0 where wgpu reported
+        /// the failure without a size).
+        bytes: u64,
+    },
     /// A wgpu validation or internal error that escaped our own checks.
     #[error("GPU error: {0}")]
     Gpu(String),
     /// An op received tensors of incompatible shapes.
     #[error("{op}: {message}")]
-    Shape { op: &'static str, message: String },
+    Shape {
+        /// Name of the op that rejected the shapes.
+        op: &'static str,
+        /// What was wrong, with the shapes involved.
+        message: String,
+    },
     /// An op received tensors of a dtype it does not support, or mixed dtypes.
     #[error("{op}: {message}")]
-    DType { op: &'static str, message: String },
+    DType {
+        /// Name of the op that rejected the dtype.
+        op: &'static str,
+        /// What was wrong, with the dtypes involved.
+        message: String,
+    },
     /// A tensor is larger than the adapter lets one binding (or one buffer) be.
     #[error("{op}: tensor '{tensor}' needs {bytes} bytes, above the adapter's {limit_name} of {limit} bytes")]
     TooLarge {
+        /// Name of the op that hit the limit (`alloc` for a buffer allocation).
         op: &'static str,
+        /// The oversized tensor (its name, shape and dtype), buffer or dispatch grid.
         tensor: String,
+        /// Size it needs in bytes (for a dispatch grid: its largest dimension, in workgroups).
         bytes: u64,
+        /// Name of the adapter limit exceeded (e.g. `max_storage_buffer_binding_size`).
         limit_name: &'static str,
+        /// Value of that limit, in the unit of `bytes`.
         limit: u64,
     },
     /// The adapter lacks a feature the request needs.
@@ -51,7 +77,9 @@ pub enum Error {
     /// I/O error with the path it concerns.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory the operation concerned.
         path: String,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
 }

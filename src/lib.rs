@@ -33,6 +33,8 @@
 //! [`Pruning::custom`]; a host application that already has a wgpu device runs the engine on
 //! it with [`GpuContext::from_wgpu`].
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod error;
 pub mod eval;

@@ -10,7 +10,9 @@ use crate::gpu::{BufferPool, GpuContext};
 /// Element type of a tensor's storage. Kernels accumulate in f32 whatever the storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
+    /// 32-bit IEEE float.
     F32,
+    /// 16-bit IEEE half float (needs the adapter's `SHADER_F16` feature).
     F16,
     /// Index tensors (gather/scatter, masks).
     U32,

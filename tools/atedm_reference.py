@@ -1,4 +1,4 @@
-"""Python reference for AT-EDM attention-driven token pruning (docs: /work/shared/spec/atedm.md).
+"""Python reference for AT-EDM attention-driven token pruning (docs: docs/pruning.md).
 
 A library module (imported by tools/make_prune_fixtures.py); it does not bootstrap a venv
 itself.  It patches the `Transformer2DModel` stacks of a diffusers `UNet2DConditionModel`

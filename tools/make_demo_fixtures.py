@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fixtures for the demo model's tests (tests/demo.rs), written to tests/fixtures/demo/:
+"""Fixtures for the demo model's tests (tests/pipeline/demo.rs), written to tests/fixtures/demo/:
 
 - truth_NN.png + truth.json: images drawn by the training data renderer of tools/train_demo.py
   (ground truth for the Rust adherence detector) with their captions, covering every colour,

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The project's test command (README). Works on a fresh Debian machine with no GPU: it installs
-# Mesa's software Vulkan driver when needed (as root), then runs the whole test suite on it.
-# Extra arguments go to `cargo test` (e.g. `tools/test.sh --test ops_matmul`).
+# Mesa's software Vulkan driver when needed (as root) and runs, on the same driver setup as
+# tools/run.sh (tools/env.sh):
+#   1. the gates: rustfmt, clippy (warnings denied), rustdoc (warnings denied);
+#   2. the whole test suite (which builds the examples too);
+#   3. two examples on the built-in demo model (generate, prune_masks).
+# Extra arguments go to `cargo test` (e.g. `tools/test.sh --test kernels`); ATEDM_TEST_QUICK=1
+# skips the gates and the examples.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,19 +14,8 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "test.sh: cargo not found. Install Rust (https://rustup.rs), version 1.85 or newer." >&2
     exit 1
 fi
-tools/ensure-vulkan.sh
-# Without a GPU on Debian 12, test on Mesa 25's lavapipe (4-8x faster kernels than bookworm's
-# Mesa 22), fetched into a cache without installing anything; otherwise the system driver.
-if env_file=$(tools/fast-lavapipe.sh); then
-    # shellcheck disable=SC1090
-    . "$env_file"
-fi
-
-# Mesa's loader complains on stderr when XDG_RUNTIME_DIR is unset (headless machines, CI).
-if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
-    export XDG_RUNTIME_DIR="${TMPDIR:-/tmp}/atedm-xdg-$(id -u)"
-    mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
-fi
+# shellcheck disable=SC1091
+. tools/env.sh
 
 # One build for everything, the viewer included (feature `viewer`: tests/viewer.rs renders its UI
 # offscreen on the same adapter). The viewer's eframe 0.37 needs Rust 1.95: older toolchains, or
@@ -34,4 +28,24 @@ elif [ -z "$rust_minor" ] || [ "$rust_minor" -lt 95 ]; then
     echo "test.sh: $(rustc --version) is older than 1.95: testing without the viewer" >&2
     features=()
 fi
+
+step() { echo "test.sh: $*" >&2; }
+if [ -z "${ATEDM_TEST_QUICK:-}" ]; then
+    step "cargo fmt --check"
+    cargo fmt --all --check
+    step "cargo clippy (warnings denied)"
+    cargo clippy --locked --all-targets ${features[@]+"${features[@]}"} -- -D warnings
+    step "cargo doc (warnings denied)"
+    RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps ${features[@]+"${features[@]}"}
+fi
+step "cargo test"
 cargo test --locked ${features[@]+"${features[@]}"} "$@"
+if [ -z "${ATEDM_TEST_QUICK:-}" ] && [ $# -eq 0 ]; then
+    out=$(mktemp -d)
+    trap 'rm -rf "$out"' EXIT
+    step "examples on the demo model"
+    cargo run --locked --quiet --example generate -- "a large cyan circle at the top left" "$out/generate.png"
+    cargo run --locked --quiet --example prune_masks -- "$out/mask.png"
+    test -s "$out/generate.png" && test -s "$out/mask.png"
+    echo "examples: 2 passed, 0 failed"
+fi

@@ -1,5 +1,5 @@
-"""Python reference for the ToMe (token merging) baseline of atedm (docs: /work/shared/spec/atedm.md,
-section "ToMe baseline").  tomesd-like, but fully deterministic.
+"""Python reference for the ToMe (token merging) baseline of atedm (docs: docs/pruning.md,
+section "ToMe, the baseline").  tomesd-like, but fully deterministic.
 
 A library module (imported by tools/make_prune_fixtures.py); it does not bootstrap a venv
 itself.  It patches the `BasicTransformerBlock`s of the selected `Transformer2DModel` stacks of a

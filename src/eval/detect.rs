@@ -29,11 +29,15 @@ use crate::eval::spec::{DemoSpec, SceneObject};
 /// What the detector read for one caption object.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectCheck {
+    /// The caption object, as parsed.
     pub object: SceneObject,
     /// A region of the object's colour was found.
     pub color: bool,
+    /// The region's named position is the caption's.
     pub position: bool,
+    /// The region's named size is the caption's.
     pub size: bool,
+    /// The region's shape is the caption's.
     pub shape: bool,
     /// What was read: (position, size, shape) names, when a region was found.
     pub read: Option<(String, String, String)>,
@@ -49,6 +53,7 @@ impl ObjectCheck {
 /// The detector's verdict on one image.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Adherence {
+    /// One check per caption object, in caption order.
     pub objects: Vec<ObjectCheck>,
     /// Regions that no caption object accounts for.
     pub extra: usize,

@@ -31,46 +31,65 @@ pub struct Variant {
 /// What to generate.
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
+    /// Captions to generate, each parsed by [`DemoSpec::parse_caption`] before any run.
     pub captions: Vec<String>,
+    /// Denoising steps per image.
     pub steps: usize,
+    /// Classifier-free guidance scale (`> 1` runs the `[uncond, cond]` batch).
     pub guidance: f32,
     /// Caption `i` uses seed `seed + i` for every variant (the same noise).
     pub seed: u64,
+    /// Image width in pixels.
     pub width: usize,
+    /// Image height in pixels.
     pub height: usize,
 }
 
 /// One image of one variant.
 #[derive(Clone, Debug)]
 pub struct ImageResult {
+    /// The caption the image was generated from.
     pub caption: String,
+    /// The detector's verdict on the image.
     pub adherence: Adherence,
-    /// Against the first variant's image of the same caption (infinite when identical).
+    /// PSNR in dB against the first variant's image of the same caption (infinite when
+    /// identical, and for the first variant itself).
     pub psnr: f64,
+    /// SSIM against the first variant's image of the same caption (1 for the first variant).
     pub ssim: f64,
+    /// Wall-clock seconds of the whole generation (text encoders, denoising, VAE decode).
     pub seconds: f64,
+    /// The image, RGB8 `width x height`, row-major.
     pub rgb: Vec<u8>,
 }
 
 /// Aggregates of one variant.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct VariantSummary {
+    /// The variant's short name ([`Variant::name`]).
     pub name: String,
+    /// The variant's settings in words ([`Variant::describe`]).
     pub describe: String,
-    /// Average UNet FLOPs per step (one image; the CFG batch doubles it) and the full model's.
+    /// Average UNet FLOPs per step (one image; the CFG batch doubles it).
     pub flops_per_step: f64,
+    /// The full model's FLOPs per step divided by `flops_per_step` (1 for the full model).
     pub flops_ratio: f64,
+    /// Number of images (one per caption).
     pub images: usize,
-    /// Shares of caption objects whose colour, position, size, shape were right.
+    /// Share of caption objects whose colour was found.
     pub color: f64,
+    /// Share of caption objects whose position was right.
     pub position: f64,
+    /// Share of caption objects whose size was right.
     pub size: f64,
+    /// Share of caption objects whose shape was right.
     pub shape: f64,
     /// Share of images showing exactly their caption.
     pub exact: f64,
-    /// Mean PSNR (dB) and SSIM against the reference variant's images (the first variant);
-    /// `None` for the reference itself.
+    /// Mean PSNR (dB) against the reference variant's images (the first variant), identical
+    /// images counted as 100 dB; `None` for the reference itself.
     pub psnr: Option<f64>,
+    /// Mean SSIM against the reference variant's images; `None` for the reference itself.
     pub ssim: Option<f64>,
     /// Median seconds per image (text encoders, denoising, VAE decode; after one warm-up).
     pub seconds_median: f64,
@@ -79,6 +98,7 @@ pub struct VariantSummary {
 /// The benchmark's result.
 #[derive(Debug)]
 pub struct EvalReport {
+    /// One summary per variant, in the order of the variants given.
     pub variants: Vec<VariantSummary>,
     /// `images[v][c]`: variant `v`, caption `c`.
     pub images: Vec<Vec<ImageResult>>,

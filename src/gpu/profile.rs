@@ -35,6 +35,7 @@ pub struct DispatchTime {
     pub scope: Option<&'static str>,
     /// FLOPs of the dispatch, when the op counts them.
     pub flops: Option<f64>,
+    /// Duration of the dispatch in seconds, taken as [`Profile::source`] says.
     pub seconds: f64,
 }
 
@@ -57,8 +58,11 @@ impl DispatchTime {
 /// Totals of one category.
 #[derive(Clone, Debug)]
 pub struct CategoryTime {
+    /// The category, as [`DispatchTime::category`] names it.
     pub name: String,
+    /// Number of dispatches in the category.
     pub calls: usize,
+    /// Summed time of those dispatches, in seconds.
     pub seconds: f64,
     /// FLOPs of the dispatches that count them.
     pub flops: f64,
@@ -67,7 +71,9 @@ pub struct CategoryTime {
 /// A profiled region.
 #[derive(Clone, Debug)]
 pub struct Profile {
+    /// How the dispatch times were taken.
     pub source: TimingSource,
+    /// Every dispatch recorded on the profiling thread, in recording order.
     pub dispatches: Vec<DispatchTime>,
 }
 

@@ -18,7 +18,7 @@
 //! A compact implementation on `regex` rather than the `tokenizers` crate: CLIP needs only a BPE
 //! model and two regexes, while `tokenizers` brings a large dependency tree (rayon, onig's C build
 //! or fancy-regex, serde models of every tokenizer kind) into an engine that needs one tokenizer.
-//! `tests/tokenizer.rs` locks the ids to transformers' on a varied prompt set.
+//! `tests/models/tokenizer.rs` locks the ids to transformers' on a varied prompt set.
 
 use std::collections::HashMap;
 use std::io::Read;

@@ -58,6 +58,7 @@ pub struct Conv2dOptions<'a> {
     pub bias: Option<&'a Tensor>,
     /// `[B, Cout, Ho, Wo]`, added to the output.
     pub residual: Option<&'a Tensor>,
+    /// Which kernel runs (default: [`ConvKernel::Auto`]).
     pub kernel: ConvKernel,
 }
 

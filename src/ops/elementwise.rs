@@ -19,7 +19,10 @@ pub const MAX_RANK: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum BinaryOp {
     /// `a + alpha * b`
-    Add { alpha: f32 },
+    Add {
+        /// Scale applied to `b` before the add.
+        alpha: f32,
+    },
     /// `a * b`
     Mul,
     /// `a - b`

@@ -19,7 +19,7 @@ fn pruned_unet_matches_the_reference() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .filter(|p| !p.to_string_lossy().contains("_tome_")) // tests/tome_unet.rs
+        .filter(|p| !p.to_string_lossy().contains("_tome_")) // tests/models/tome_unet.rs
         .collect();
     cases.sort();
     assert!(cases.len() >= 12, "fixtures present");
