@@ -41,7 +41,9 @@ impl PruneSchedule for FallingKeepRatio {
 }
 
 fn main() -> atedm::Result<()> {
-    let out = std::env::args().nth(1).unwrap_or_else(|| "custom.png".into());
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "custom.png".into());
     let ctx = GpuContext::new(&Default::default())?;
     let pipe = SdxlPipeline::load_demo(&ctx, &LoadOptions::default())?;
     let size = pipe.native_size();
@@ -62,7 +64,10 @@ fn main() -> atedm::Result<()> {
     }
     let image = pipe.generate(&ctx, &req, |_, _| {})?;
     let params = format!("{}\nPruning: {}", req.prompt, prune.describe());
-    write_atomic(out.as_ref(), &png_rgb8_bytes(size, size, &image.rgb8(), &params)?)?;
+    write_atomic(
+        out.as_ref(),
+        &png_rgb8_bytes(size, size, &image.rgb8(), &params)?,
+    )?;
     println!("wrote {out}");
     Ok(())
 }

@@ -17,7 +17,10 @@ fn main() -> atedm::Result<()> {
     let size: usize = args.next().map_or(Ok(1024), |a| a.parse()).unwrap_or(1024);
     let (cfg, steps, latent) = (UNetConfig::sdxl_base(), 50, size / 8);
     let full = unet_flops(&cfg, latent, latent, steps, &Pruning::None)?.model;
-    println!("SD-XL base at {size} px: {:.3} TFLOPs per step unpruned", full / 1e12);
+    println!(
+        "SD-XL base at {size} px: {:.3} TFLOPs per step unpruned",
+        full / 1e12
+    );
     for dsap in [Some(0.25), None] {
         let settings = AtEdm::new(1.0)?.with_dsap(dsap)?;
         let keep = keep_ratio_for_budget(&cfg, latent, latent, steps, &settings, tflops * 1e12)?;
@@ -40,6 +43,9 @@ fn main() -> atedm::Result<()> {
         tflops * 1e12,
         true,
     )?;
-    println!("{}", Pruning::tome(tome)?.describe_solved(Some(tflops * 1e12)));
+    println!(
+        "{}",
+        Pruning::tome(tome)?.describe_solved(Some(tflops * 1e12))
+    );
     Ok(())
 }

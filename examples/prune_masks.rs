@@ -47,7 +47,11 @@ fn main() -> atedm::Result<()> {
     let mut rgb = Vec::with_capacity(rows * cols * scale * scale * 3);
     for y in 0..rows * scale {
         for x in 0..cols * scale {
-            let v = if on[(y / scale) * cols + x / scale] { 255 } else { 30 };
+            let v = if on[(y / scale) * cols + x / scale] {
+                255
+            } else {
+                30
+            };
             rgb.extend([v, v, v]);
         }
     }

@@ -1,5 +1,5 @@
 //! Error type of the engine. Every failure a user can cause (bad shapes, missing adapter,
-//! out-of-memory, device loss, oversized tensors) comes back as an [`Error`], never a panic.
+//! out-of-memory, device loss, oversized tensors) comes back as an [`Error`](enum@Error), never a panic.
 
 use thiserror::Error;
 

@@ -7,7 +7,7 @@ use crate::gpu::GpuContext;
 use crate::ops::{conv2d, matmul, norm};
 use crate::tensor::Tensor;
 
-/// `nn.Linear`: weight [out, in], optional bias [out].
+/// `nn.Linear`: weight `[out, in]`, optional bias `[out]`.
 pub struct Linear {
     /// `[out, in]` as in PyTorch, or `[in, out]` when `in_out` (CPU adapters: see
     /// `crate::model::layers`).
@@ -35,7 +35,7 @@ impl Linear {
     }
 }
 
-/// `nn.Conv2d` with square kernel, weight [out, in, k, k] and bias [out].
+/// `nn.Conv2d` with square kernel, weight `[out, in, k, k]` and bias `[out]`.
 pub struct Conv2d {
     /// `[out, in, k, k]`.
     pub weight: Tensor,

@@ -10,14 +10,18 @@ use crate::error::{Error, Result};
 /// A palette colour.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedColor {
+    /// The colour's caption word ("red").
     pub name: String,
+    /// The colour the dataset paints with, RGB8.
     pub rgb: [u8; 3],
 }
 
 /// A named position: the centre of a grid cell in [0,1] image coordinates (x right, y down).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedPosition {
+    /// The position's caption words ("top left").
     pub name: String,
+    /// `[x, y]` of the cell centre, in [0,1].
     pub center: [f64; 2],
 }
 
@@ -25,13 +29,16 @@ pub struct NamedPosition {
 /// square's side, half a triangle's width and height).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedSize {
+    /// The size's caption word ("large").
     pub name: String,
+    /// Half-extent in pixels of an `image_size` image.
     pub half_extent: f64,
 }
 
 /// A shape the detector knows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedShape {
+    /// The shape's caption word ("circle", "square" or "triangle").
     pub name: String,
     features: [f64; 3],
 }
@@ -46,23 +53,34 @@ impl NamedShape {
 /// One object of a caption.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SceneObject {
+    /// A [`NamedSize`] name.
     pub size: String,
+    /// A [`NamedColor`] name.
     pub color: String,
+    /// A [`NamedShape`] name.
     pub shape: String,
+    /// A [`NamedPosition`] name (may be several words).
     pub position: String,
 }
 
 /// The dataset definition.
 #[derive(Clone, Debug)]
 pub struct DemoSpec {
+    /// Side in pixels of the square training images (the unit of [`NamedSize::half_extent`]).
     pub image_size: usize,
+    /// Background colour, RGB8.
     pub background: [u8; 3],
+    /// The palette, sorted by name; each a saturated hue.
     pub colors: Vec<NamedColor>,
+    /// The named positions, sorted by name.
     pub positions: Vec<NamedPosition>,
+    /// The named sizes, sorted by name.
     pub sizes: Vec<NamedSize>,
+    /// The shapes, in the definition's order.
     pub shapes: Vec<NamedShape>,
-    /// Held-back captions with one shape, then with two shapes (never seen in training).
+    /// Held-back captions with one shape (never seen in training).
     pub held_back_one: Vec<String>,
+    /// Held-back captions with two shapes (never seen in training).
     pub held_back_two: Vec<String>,
 }
 

@@ -25,7 +25,9 @@ pub struct ShaderFamily {
 /// One entry point of a family.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
+    /// The family (WGSL file) the entry point is in.
     pub family: &'static ShaderFamily,
+    /// Name of the `@compute` entry point.
     pub entry: &'static str,
 }
 
@@ -53,6 +55,7 @@ impl ShaderFamily {
 #[doc(hidden)]
 macro_rules! shader_family {
     ($vis:vis $ident:ident, $name:literal) => {
+        #[doc = concat!("The `", $name, "` kernel family (`shaders/", $name, ".wgsl`).")]
         $vis static $ident: $crate::gpu::ShaderFamily = $crate::gpu::ShaderFamily {
             name: $name,
             source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),

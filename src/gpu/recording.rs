@@ -75,7 +75,8 @@ impl GpuContext {
         pollster::block_on(self.wait_async())
     }
 
-    /// [`GpuContext::wait`] as a future (see [`GpuContext::poll_native`]).
+    /// [`GpuContext::wait`] as a future. On native backends it blocks while the device
+    /// finishes its work; in a browser the work-done callback runs from the event loop.
     pub async fn wait_async(&self) -> Result<()> {
         self.flush()?;
         let (tx, rx) = futures_channel::oneshot::channel();

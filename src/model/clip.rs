@@ -17,13 +17,21 @@ use crate::tensor::{DType, Tensor};
 /// `CLIPTextConfig` fields we use (transformers' `config.json`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct ClipTextConfig {
+    /// Token vocabulary size (rows of the token embedding).
     pub vocab_size: usize,
+    /// Width `C` of the hidden states.
     pub hidden_size: usize,
+    /// Width of the MLP's hidden layer (`fc1` out, `fc2` in).
     pub intermediate_size: usize,
+    /// Number of encoder layers.
     pub num_hidden_layers: usize,
+    /// Attention heads per layer; divides `hidden_size`.
     pub num_attention_heads: usize,
+    /// Longest token sequence (rows of the position embedding; 77).
     pub max_position_embeddings: usize,
+    /// MLP activation: `"quick_gelu"` or `"gelu"` (others are refused).
     pub hidden_act: String,
+    /// Epsilon of every layer norm (default 1e-5).
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     /// Width of `text_projection`. transformers writes it for every CLIP text config; only
@@ -82,6 +90,12 @@ impl ClipTextConfig {
     fn validate(self, file: &str) -> Result<Self> {
         let cfg = self;
         cfg.activation()?;
+        if cfg.num_hidden_layers < 2 {
+            return Err(Error::Invalid(format!(
+                "{}: num_hidden_layers is {}; SD-XL takes the penultimate layer's states, so a text encoder needs at least 2",
+                file, cfg.num_hidden_layers
+            )));
+        }
         if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
             return Err(Error::Invalid(format!(
                 "{}: hidden_size {} is not divisible by num_attention_heads {}",
@@ -102,13 +116,21 @@ impl ClipTextConfig {
 
 /// `CLIPEncoderLayer`.
 pub struct ClipEncoderLayer {
+    /// Layer norm before the self-attention.
     pub layer_norm1: LayerNorm,
+    /// `self_attn.q_proj`: `C -> C`, with bias.
     pub q_proj: Linear,
+    /// `self_attn.k_proj`: `C -> C`, with bias.
     pub k_proj: Linear,
+    /// `self_attn.v_proj`: `C -> C`, with bias.
     pub v_proj: Linear,
+    /// `self_attn.out_proj`: `C -> C`, with bias; adds the residual.
     pub out_proj: Linear,
+    /// Layer norm before the MLP.
     pub layer_norm2: LayerNorm,
+    /// `mlp.fc1`: `C -> intermediate_size`, followed by `hidden_act`.
     pub fc1: Linear,
+    /// `mlp.fc2`: `intermediate_size -> C`; adds the residual.
     pub fc2: Linear,
 }
 
@@ -167,11 +189,10 @@ pub struct ClipOutput {
 }
 
 /// Prefixes under which a saved CLIP text model holds its text tower (`embeddings.*`,
-/// `encoder.layers.*`, `final_layer_norm.*`). transformers 4.x and 5.0-5.5 save both classes
-/// under `text_model.`; from 5.6 on (5.24, 5.25 included) `CLIPTextModel` is saved flat (it is
-/// the text transformer itself) and `CLIPTextModelWithProjection` still under `text_model.`.
-/// The projection is `text_projection.weight` in every layout (see
-/// tests/fixtures/clip_layouts/README.md).
+/// `encoder.layers.*`, `final_layer_norm.*`): `text_model.` (both classes in transformers 4.x
+/// to 5.5, `CLIPTextModelWithProjection` in later ones too) or none (`CLIPTextModel` from
+/// transformers 5.6 on). The projection is `text_projection.weight` in every layout
+/// (tests/fixtures/clip_layouts/README.md).
 pub const TEXT_MODEL_PREFIXES: [&str; 2] = ["text_model.", ""];
 
 /// The tensor whose presence tells the layouts of [`TEXT_MODEL_PREFIXES`] apart.
@@ -212,11 +233,18 @@ pub fn text_model_prefix(store: &WeightStore) -> Result<&'static str> {
 
 /// `CLIPTextModel` / `CLIPTextModelWithProjection`.
 pub struct ClipTextModel {
+    /// The configuration the model was built from.
     pub config: ClipTextConfig,
+    /// `embeddings.token_embedding.weight`, `[vocab_size, C]`.
     pub token_embedding: Tensor,
+    /// `embeddings.position_embedding.weight`, `[max_position_embeddings, C]`.
     pub position_embedding: Tensor,
+    /// `encoder.layers`, `num_hidden_layers` of them.
     pub layers: Vec<ClipEncoderLayer>,
+    /// `final_layer_norm`, applied after the last layer.
     pub final_layer_norm: LayerNorm,
+    /// `text_projection`: `C -> projection_dim`, no bias; `Some` only for
+    /// `CLIPTextModelWithProjection`.
     pub text_projection: Option<Linear>,
     act: Activation,
 }
@@ -382,5 +410,38 @@ impl ClipTextModel {
         )?;
         let h = elementwise::add(ctx, &tok.reshape(&[batch, len, d])?, &pos)?;
         Ok((h, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo model's text encoder config with `field` set to `value`.
+    fn config_with(field: &str, value: &str) -> Result<ClipTextConfig> {
+        let mut v: serde_json::Value =
+            serde_json::from_str(crate::model::demo::TEXT_ENCODER.config).unwrap();
+        v[field] = serde_json::from_str(value).unwrap();
+        ClipTextConfig::from_json(&v.to_string(), "text_encoder/config.json")
+    }
+
+    #[test]
+    fn configs_that_cannot_run_are_errors_not_panics() {
+        config_with("num_hidden_layers", "3").unwrap();
+        let e = config_with("num_hidden_layers", "1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("num_hidden_layers") && e.contains("penultimate"),
+            "{e}"
+        );
+        let e = config_with("num_attention_heads", "0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num_attention_heads"), "{e}");
+        let e = config_with("hidden_act", "\"relu\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hidden_act"), "{e}");
     }
 }

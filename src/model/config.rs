@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum PerBlock<T> {
+    /// One value for every block.
     One(T),
+    /// One value per block, in down-block order.
     Each(Vec<T>),
 }
 
@@ -187,17 +189,24 @@ pub enum DownKind {
 /// Kind of an up block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpKind {
+    /// `UpBlock2D`: resnets only.
     Plain,
+    /// `CrossAttnUpBlock2D`: resnets each followed by a `Transformer2DModel`.
     CrossAttn,
 }
 
 /// A validated SD-XL-family UNet configuration, with per-block lists expanded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UNetConfig {
+    /// Latent channels in (`in_channels`; 4).
     pub in_channels: usize,
+    /// Latent channels out (`out_channels`; 4).
     pub out_channels: usize,
+    /// Channels of each level, in down-block order (`block_out_channels`).
     pub block_out_channels: Vec<usize>,
+    /// Kind of each down block (`down_block_types`).
     pub down_blocks: Vec<DownKind>,
+    /// Kind of each up block, in up-block order (`up_block_types`).
     pub up_blocks: Vec<UpKind>,
     /// Resnets per down block (up blocks have one more).
     pub layers_per_block: Vec<usize>,
@@ -207,13 +216,23 @@ pub struct UNetConfig {
     pub reverse_transformer_layers_per_block: Vec<usize>,
     /// Attention heads per down block (diffusers: `num_attention_heads or attention_head_dim`).
     pub heads: Vec<usize>,
+    /// Width of the text embeddings the cross-attention reads (`cross_attention_dim`; one
+    /// value for all blocks).
     pub cross_attention_dim: usize,
+    /// Groups of every `GroupNorm` (`norm_num_groups`).
     pub norm_num_groups: usize,
+    /// Epsilon of every `GroupNorm` (`norm_eps`).
     pub norm_eps: f32,
+    /// Sinusoidal timestep embedding order: cosines first when set (`flip_sin_to_cos`).
     pub flip_sin_to_cos: bool,
+    /// `downscale_freq_shift` of the sinusoidal timestep embedding (`freq_shift`).
     pub freq_shift: f32,
+    /// Width of the sinusoidal embedding of each of the 6 time ids (`addition_time_embed_dim`).
     pub addition_time_embed_dim: usize,
+    /// Input width of `add_embedding`: the pooled text embedding and the 6 embedded time ids
+    /// (`projection_class_embeddings_input_dim`).
     pub projection_class_embeddings_input_dim: usize,
+    /// Padding of the downsampling convolutions (`downsample_padding`; always 1).
     pub downsample_padding: usize,
     /// Latent size the model was trained at (`sample_size`; 128 for SD-XL, whose images are
     /// 1024 px). Only the default image size depends on it.
@@ -464,6 +483,9 @@ impl RawUNetConfig {
         let groups = self
             .norm_num_groups
             .ok_or_else(|| unsupported("norm_num_groups", "null", "a number"))?;
+        if groups == 0 {
+            return Err(unsupported("norm_num_groups", "0", "at least 1"));
+        }
         let layers_per_block = self.layers_per_block.expand(n, "layers_per_block")?;
         let transformer_layers_per_block = self
             .transformer_layers_per_block
@@ -626,6 +648,11 @@ mod tests {
             (
                 "\"norm_num_groups\": 32",
                 "\"norm_num_groups\": 7",
+                "norm_num_groups",
+            ),
+            (
+                "\"norm_num_groups\": 32",
+                "\"norm_num_groups\": 0",
                 "norm_num_groups",
             ),
         ] {

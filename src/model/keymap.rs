@@ -22,6 +22,7 @@ pub struct UNetKeyMap {
 }
 
 impl UNetKeyMap {
+    /// The mapping for a UNet of `cfg`'s levels, blocks and layer counts.
     pub fn new(cfg: &UNetConfig) -> Self {
         let mut p: Vec<(String, String, bool)> = Vec::new();
         let mut add = |o: String, d: String, resnet: bool| p.push((o, d, resnet));

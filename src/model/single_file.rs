@@ -42,6 +42,7 @@ pub struct BigGKeyMap {
 }
 
 impl BigGKeyMap {
+    /// The mapping for a text tower of `cfg`'s layer count and width.
     pub fn new(cfg: &ClipTextConfig) -> Self {
         BigGKeyMap {
             layers: cfg.num_hidden_layers,
@@ -127,6 +128,7 @@ pub struct VaeKeyMap {
 }
 
 impl VaeKeyMap {
+    /// The mapping for a decoder of `cfg`'s levels and layers per block.
     pub fn new(cfg: &VaeConfig) -> Self {
         let mut p: Vec<(String, String, bool)> = Vec::new();
         let mut add = |o: String, d: String, resnet: bool| p.push((o, d, resnet));

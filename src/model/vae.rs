@@ -15,25 +15,36 @@ use crate::tensor::{DType, Tensor};
 /// `AutoencoderKL` config fields the decoder needs.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct VaeConfig {
+    /// Channels of each level, full resolution first (the decoder walks them in reverse).
     pub block_out_channels: Vec<usize>,
+    /// Resnets per encoder level; the decoder's up blocks have one more (default 1).
     #[serde(default = "d_layers")]
     pub layers_per_block: usize,
+    /// Latent channels (default 4).
     #[serde(default = "d_latent")]
     pub latent_channels: usize,
+    /// Image channels (default 3).
     #[serde(default = "d_out")]
     pub out_channels: usize,
+    /// Groups of every `GroupNorm` (default 32); divides every entry of `block_out_channels`.
     #[serde(default = "d_groups")]
     pub norm_num_groups: usize,
+    /// The latents are divided by it before decoding (default 0.18215; SD-XL 0.13025).
     #[serde(default = "d_scaling")]
     pub scaling_factor: f32,
+    /// Latent shift; only absent or 0 is accepted.
     #[serde(default)]
     pub shift_factor: Option<f32>,
+    /// Decoder up-block types; only `UpDecoderBlock2D` is accepted.
     #[serde(default)]
     pub up_block_types: Option<Vec<String>>,
+    /// Whether the mid block has its self-attention (default true).
     #[serde(default = "d_true")]
     pub mid_block_add_attention: bool,
+    /// Whether the 1x1 `post_quant_conv` runs before the decoder (default true).
     #[serde(default = "d_true")]
     pub use_post_quant_conv: bool,
+    /// Whether the VAE must run in f32 (default true): the stock SD-XL VAE overflows in f16.
     #[serde(default = "d_true")]
     pub force_upcast: bool,
 }
@@ -103,10 +114,11 @@ impl VaeConfig {
                 file
             )));
         }
-        if cfg
-            .block_out_channels
-            .iter()
-            .any(|c| c % cfg.norm_num_groups != 0)
+        if cfg.norm_num_groups == 0
+            || cfg
+                .block_out_channels
+                .iter()
+                .any(|c| c % cfg.norm_num_groups != 0)
         {
             return Err(Error::Invalid(format!(
                 "{}: block_out_channels not divisible by norm_num_groups",
@@ -143,10 +155,15 @@ impl VaeConfig {
 
 /// Decoder `ResnetBlock2D` (no time embedding).
 pub struct VaeResnet {
+    /// `norm1` (eps 1e-6) on the `Cin` input channels, followed by SiLU.
     pub norm1: GroupNorm,
+    /// `conv1`: 3x3, `Cin -> Cout`.
     pub conv1: Conv2d,
+    /// `norm2` (eps 1e-6) on `Cout` channels, followed by SiLU.
     pub norm2: GroupNorm,
+    /// `conv2`: 3x3, `Cout -> Cout`; adds the shortcut.
     pub conv2: Conv2d,
+    /// `conv_shortcut`: 1x1, `Cin -> Cout`, when the widths differ; otherwise the identity.
     pub conv_shortcut: Option<Conv2d>,
 }
 
@@ -177,10 +194,15 @@ impl VaeResnet {
 
 /// The mid block's single-head self-attention over all pixels.
 pub struct VaeAttention {
+    /// `group_norm` (eps 1e-6) on the input feature map.
     pub group_norm: GroupNorm,
+    /// `to_q`: `C -> C`, with bias.
     pub to_q: Linear,
+    /// `to_k`: `C -> C`, with bias.
     pub to_k: Linear,
+    /// `to_v`: `C -> C`, with bias.
     pub to_v: Linear,
+    /// `to_out.0`: `C -> C`, with bias; the input is added back after it.
     pub to_out: Linear,
 }
 
@@ -264,13 +286,24 @@ fn explicit_attention(ctx: &GpuContext, q: &Tensor, k: &Tensor, v: &Tensor) -> R
 
 /// `AutoencoderKL`'s decode path: `post_quant_conv` and the `Decoder`.
 pub struct VaeDecoder {
+    /// The configuration the decoder was built from.
     pub config: VaeConfig,
+    /// `post_quant_conv`: 1x1, `latent_channels -> latent_channels`, when
+    /// [`VaeConfig::use_post_quant_conv`].
     pub post_quant_conv: Option<Conv2d>,
+    /// `decoder.conv_in`: 3x3, `latent_channels ->` the last `block_out_channels` entry.
     pub conv_in: Conv2d,
+    /// `decoder.mid_block.resnets.0` and `.1`.
     pub mid_resnets: [VaeResnet; 2],
+    /// `decoder.mid_block.attentions.0`, between the two mid resnets, when
+    /// [`VaeConfig::mid_block_add_attention`].
     pub mid_attention: Option<VaeAttention>,
+    /// `decoder.up_blocks`, lowest resolution first: `layers_per_block + 1` resnets each, then
+    /// `upsamplers.0.conv` (3x3 after a nearest 2x upsample) on every level but the last.
     pub up_blocks: Vec<(Vec<VaeResnet>, Option<Conv2d>)>,
+    /// `decoder.conv_norm_out` (eps 1e-6) on `block_out_channels[0]` channels, followed by SiLU.
     pub conv_norm_out: GroupNorm,
+    /// `decoder.conv_out`: 3x3, `block_out_channels[0] -> out_channels`.
     pub conv_out: Conv2d,
 }
 
@@ -492,5 +525,22 @@ impl VaeDecoder {
         }
         let h = self.conv_norm_out.forward_silu(ctx, &h)?;
         self.conv_out.forward(ctx, &h, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_groups_are_an_error_not_a_division_by_zero() {
+        let mut v: serde_json::Value =
+            serde_json::from_str(crate::model::demo::VAE.config).unwrap();
+        VaeConfig::from_json(&v.to_string(), "vae/config.json").unwrap();
+        v["norm_num_groups"] = 0.into();
+        let e = VaeConfig::from_json(&v.to_string(), "vae/config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("norm_num_groups"), "{e}");
     }
 }

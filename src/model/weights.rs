@@ -104,7 +104,12 @@ pub enum Transform {
     Identity,
     /// Rows `start..start + len` along the first dimension (e.g. q, k or v of OpenCLIP's
     /// fused `in_proj_weight` `[3C, C]` / `in_proj_bias` `[3C]`).
-    Rows { start: usize, len: usize },
+    Rows {
+        /// First row taken.
+        start: usize,
+        /// Number of rows taken.
+        len: usize,
+    },
     /// The transpose of a 2-D tensor (OpenCLIP's `text_projection`, applied as `x @ P`).
     Transpose,
 }

@@ -176,7 +176,7 @@ pub fn transpose_last2(ctx: &GpuContext, x: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-/// CPU reference of [`concat`]: `parts` are (data, shape) pairs.
+/// CPU reference of [`concat`](fn@concat): `parts` are (data, shape) pairs.
 pub fn cpu_concat(parts: &[(&[f32], &[usize])], dim: usize) -> Vec<f32> {
     let shapes: Vec<&[usize]> = parts.iter().map(|p| p.1).collect();
     let shape = concat_shape(&shapes, dim).expect("concatenable shapes");

@@ -82,8 +82,8 @@ pub enum MatmulKernel {
     Registers10,
 }
 
-/// Rows of the [`MatmulKernel::Registers8`] tile for an output of `m` rows: the height of
-/// [`REG8_SHAPES`] that pads `m` least, the tallest on a tie (fewer, larger workgroups).
+/// Rows of the [`MatmulKernel::Registers8`] tile for an output of `m` rows: the one of its
+/// heights (64, 32, 16, 8) that pads `m` least, the tallest on a tie (fewer, larger workgroups).
 pub fn reg8_tile_rows(m: usize) -> usize {
     let padded = |rows: usize| m.div_ceil(rows) * rows;
     let mut best = REG8_SHAPES[0].0;

@@ -4,8 +4,8 @@
 //! Conventions shared by all ops:
 //! - float inputs of one op share one dtype (F32 or F16); the output has that dtype;
 //! - kernels accumulate in f32;
-//! - wrong shapes or dtypes return [`Error::Shape`](crate::Error::Shape) /
-//!   [`Error::DType`](crate::Error::DType) naming the op and the shapes.
+//! - wrong shapes or dtypes return [`Error::Shape`] /
+//!   [`Error::DType`] naming the op and the shapes.
 
 use crate::error::{Error, Result};
 use crate::gpu::ShaderFamily;

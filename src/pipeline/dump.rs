@@ -37,15 +37,19 @@ pub struct RunInfo {
     pub format: String,
     /// The generation parameters (the text stored in the PNG's `parameters` chunk).
     pub settings: String,
+    /// The prompt.
     pub prompt: String,
     /// `none`, `atedm`, `atedm-dagger` or `tome`.
     pub prune_mode: String,
     /// One line describing the pruning settings.
     pub prune: String,
+    /// Image width in pixels.
     pub width: usize,
+    /// Image height in pixels.
     pub height: usize,
     /// `[1, 4, H/8, W/8]`.
     pub latent_shape: [usize; 4],
+    /// Number of denoising steps.
     pub steps: usize,
     /// Wall time of each step in ms (GPU time plus a small readback; see
     /// [`GenerateOutput::step_ms`]).
@@ -60,8 +64,9 @@ pub struct RunInfo {
     pub early_steps: usize,
     /// Every transformer stack of the UNet, in forward order.
     pub stacks: Vec<StackInfo>,
-    /// Time to load the pipeline, and from the start of the generation to the decoded image, ms.
+    /// Time to load the pipeline, in ms.
     pub load_ms: f64,
+    /// Time from the start of the generation to the decoded image, in ms.
     pub generate_ms: f64,
 }
 
@@ -118,6 +123,7 @@ impl RunInfo {
         Ok(())
     }
 
+    /// The stack named `name` (a diffusers module name), if the UNet has one.
     pub fn stack(&self, name: &str) -> Option<&StackInfo> {
         self.stacks.iter().find(|s| s.name == name)
     }
@@ -137,7 +143,9 @@ pub struct StepData {
 /// An RGB8 image.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rgb8 {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
     /// Row-major RGB.
     pub pixels: Vec<u8>,
@@ -148,9 +156,11 @@ pub struct Rgb8 {
 pub struct RunData {
     /// Where it was loaded from (`None`: a live run).
     pub dir: Option<PathBuf>,
+    /// The run's description (`run.json`).
     pub info: RunInfo,
     /// One entry per step done so far (all `info.steps` for a saved run).
     pub steps: Vec<StepData>,
+    /// The final image (`None` until a live run has decoded it, or when `image.png` is missing).
     pub image: Option<Rgb8>,
 }
 

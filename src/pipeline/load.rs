@@ -46,14 +46,24 @@ impl Default for LoadOptions {
 
 /// A loaded SD-XL pipeline.
 pub struct SdxlPipeline {
+    /// CLIP ViT-L tokenizer (diffusers `tokenizer`), padding with `<|endoftext|>`.
     pub tokenizer: ClipTokenizer,
+    /// OpenCLIP ViT-bigG tokenizer (diffusers `tokenizer_2`), padding with `!`.
     pub tokenizer_2: ClipTokenizer,
+    /// CLIP ViT-L text encoder (diffusers `text_encoder`, `CLIPTextModel`).
     pub text_encoder: ClipTextModel,
+    /// OpenCLIP ViT-bigG text encoder with its projection (diffusers `text_encoder_2`,
+    /// `CLIPTextModelWithProjection`).
     pub text_encoder_2: ClipTextModel,
+    /// The denoising UNet (diffusers `unet`).
     pub unet: UNet2DConditionModel,
+    /// The VAE decoder (diffusers `vae`, decoder half only).
     pub vae: VaeDecoder,
+    /// Euler scheduler settings (diffusers `scheduler`, `EulerDiscreteScheduler`).
     pub scheduler: EulerConfig,
+    /// Compute dtype of the text encoders and the UNet.
     pub dtype: DType,
+    /// Compute dtype of the VAE decoder (resolved from [`LoadOptions::vae_dtype`]).
     pub vae_dtype: DType,
     /// Denoising steps when a request names none: diffusers' 50 for SD-XL, the demo model's
     /// own setting for it.

@@ -8,14 +8,24 @@ use crate::tensor::Tensor;
 /// One image request.
 #[derive(Clone, Debug)]
 pub struct GenerateRequest {
+    /// The text prompt, given to both text encoders.
     pub prompt: String,
     /// `None` or empty: zero embeddings (diffusers' `force_zeros_for_empty_prompt`).
     pub negative_prompt: Option<String>,
+    /// Number of denoising steps (>= 1).
     pub steps: usize,
+    /// Classifier-free guidance scale (diffusers' `guidance_scale`, >= 0); above 1 the UNet runs
+    /// on the batch `[uncond, cond]`, at most 1 on the prompt alone.
     pub guidance: f32,
+    /// Guidance rescale in `[0, 1]` (diffusers' `guidance_rescale`; 0 disables it).
     pub guidance_rescale: f32,
+    /// Image width in pixels, a positive multiple of
+    /// [`SdxlPipeline::size_multiple`](super::load::SdxlPipeline::size_multiple).
     pub width: usize,
+    /// Image height in pixels, a positive multiple of
+    /// [`SdxlPipeline::size_multiple`](super::load::SdxlPipeline::size_multiple).
     pub height: usize,
+    /// Seed of the initial noise when [`GenerateRequest::latents`] is `None`.
     pub seed: u64,
     /// Initial noise `[1, 4, H/8, W/8]` before scaling by the scheduler's `init_noise_sigma`;
     /// `None`: drawn from a standard normal with `seed`.
@@ -38,9 +48,9 @@ pub enum Record {
     Masks,
     /// After every step: the latents, the step's prediction of the clean latents (for
     /// previews) and that step's masks, handed to the step callback of
-    /// [`SdxlPipeline::generate_with`] and kept in [`GenerateOutput::step_latents`],
-    /// [`GenerateOutput::step_denoised`] and [`GenerateOutput::masks`]. Costs one small
-    /// readback (a wait for the GPU) per step.
+    /// [`SdxlPipeline::generate_with`](super::load::SdxlPipeline::generate_with) and kept in
+    /// [`GenerateOutput::step_latents`], [`GenerateOutput::step_denoised`] and
+    /// [`GenerateOutput::masks`]. Costs one small readback (a wait for the GPU) per step.
     Steps,
 }
 
@@ -77,9 +87,14 @@ impl Default for GenerateRequest {
 
 /// Text conditioning of one prompt pair (host copies, for inspection and saving).
 pub struct PromptEmbeds {
+    /// The prompt's context: both encoders' penultimate hidden states side by side,
+    /// `[1, 77, C1 + C2]` (`[1, 77, 2048]` for SD-XL).
     pub prompt_embeds: Tensor,
+    /// The negative prompt's context, same shape (zeros when there is no negative prompt).
     pub negative_prompt_embeds: Tensor,
+    /// The prompt's pooled, projected output of `text_encoder_2`, `[1, P]` (`[1, 1280]` for SD-XL).
     pub pooled_prompt_embeds: Tensor,
+    /// The negative prompt's pooled output, same shape (zeros when there is no negative prompt).
     pub negative_pooled_prompt_embeds: Tensor,
     /// Whether either prompt was cut to 75 tokens.
     pub truncated: bool,
@@ -87,6 +102,7 @@ pub struct PromptEmbeds {
 
 /// A generated image and what led to it.
 pub struct GenerateOutput {
+    /// The text conditioning the run used.
     pub embeds: PromptEmbeds,
     /// Final latents (before the division by the VAE scaling factor), of shape `latent_shape`.
     pub latents_final: Vec<f32>,
@@ -94,12 +110,14 @@ pub struct GenerateOutput {
     pub latent_shape: [usize; 4],
     /// Decoded image `[1, 3, H, W]`, about -1..1, not clamped.
     pub image: Vec<f32>,
+    /// Image width in pixels.
     pub width: usize,
+    /// Image height in pixels.
     pub height: usize,
     /// With [`Record::Masks`] or [`Record::Steps`]: per step, per pruned stack.
     pub masks: Vec<StepMask>,
     /// Wall time of each denoising step in ms, from recording its first op to the end of the
-    /// step. With `record_latents` the step ends with a readback, so this is the GPU time of the
+    /// step. With [`Record::Steps`] the step ends with a readback, so this is the GPU time of the
     /// step plus that (small) readback; without, it is recording and submission only (the GPU
     /// may still be running the step).
     pub step_ms: Vec<f64>,
@@ -110,11 +128,14 @@ pub struct GenerateOutput {
     pub step_denoised: Vec<Vec<f32>>,
 }
 
-/// What the step callback of [`SdxlPipeline::generate_with`] sees after each denoising step.
+/// What the step callback of
+/// [`SdxlPipeline::generate_with`](super::load::SdxlPipeline::generate_with) sees after each
+/// denoising step.
 #[derive(Clone, Copy, Debug)]
 pub struct StepUpdate<'a> {
     /// Index of the finished step (0-based).
     pub step: usize,
+    /// Total number of denoising steps of the run.
     pub steps: usize,
     /// Wall time of the step (see [`GenerateOutput::step_ms`]).
     pub ms: f64,

@@ -10,9 +10,14 @@ use crate::error::{Error, Result};
 /// Scheduler settings (diffusers' `scheduler_config.json` fields we support).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EulerConfig {
+    /// Number of training timesteps, the length of the beta table.
     pub num_train_timesteps: usize,
+    /// First beta of the scaled-linear schedule (betas run from `beta_start` to `beta_end` linearly
+    /// in their square roots).
     pub beta_start: f32,
+    /// Last beta of the scaled-linear schedule.
     pub beta_end: f32,
+    /// Offset added to every timestep of the "leading" spacing.
     pub steps_offset: usize,
 }
 

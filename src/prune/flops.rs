@@ -130,8 +130,9 @@ pub struct FlopsReport {
     pub overhead: f64,
     /// Model FLOPs of an unpruned step.
     pub full: f64,
-    /// Model FLOPs of an early (DSAP-protected) and a late step, when pruning.
+    /// Model FLOPs of the first step (an early, DSAP-protected one when pruning).
     pub early: f64,
+    /// Model FLOPs of the last step (a late one when pruning).
     pub late: f64,
     /// Steps counted as early.
     pub early_steps: usize,

@@ -56,6 +56,7 @@ pub struct TomeSettings {
     pub max_downsample: usize,
     /// Random destination per window (seeded) instead of the top-left token.
     pub random: bool,
+    /// Seed of the destination choice when `random` is set (the `seed` of the offset hash).
     pub seed: u32,
 }
 
@@ -112,7 +113,9 @@ pub fn merged_count(h: usize, w: usize, ratio: f64) -> usize {
 /// Where a block sits, for the destination choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockSite {
+    /// Height of the block's token grid.
     pub h: usize,
+    /// Width of the block's token grid.
     pub w: usize,
     /// Index among all transformer blocks of the UNet, in forward order.
     pub block_id: u32,

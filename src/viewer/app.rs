@@ -41,7 +41,9 @@ pub enum TileKind {
 pub struct DrawnTile {
     /// Index of the run in the shown order (the live run first).
     pub run: usize,
+    /// The stack the tile belongs to (`None` for the final image and the step preview).
     pub stack: Option<String>,
+    /// What the picture shows.
     pub kind: TileKind,
     /// In points.
     pub rect: Rect,
@@ -100,6 +102,7 @@ fn rgba(img: &Rgb8) -> Rgba8 {
 
 /// The viewer: saved runs, an optional live run, the step cursor.
 pub struct ViewerApp {
+    /// The step cursor and display options.
     pub state: ViewState,
     /// Runs opened from dump folders.
     pub runs: Vec<RunData>,
@@ -113,6 +116,7 @@ pub struct ViewerApp {
 }
 
 impl ViewerApp {
+    /// A viewer of `runs` (dump folders already loaded) and, optionally, a live run.
     pub fn new(runs: Vec<RunData>, live: Option<LiveRun>) -> Self {
         ViewerApp {
             state: ViewState::default(),

@@ -13,11 +13,13 @@ const FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Unorm;
 /// An egui context drawing into an offscreen RGBA8 texture.
 pub struct Headless<'a> {
     gpu: &'a GpuContext,
+    /// The egui context the frames run in.
     pub ctx: egui::Context,
     renderer: Renderer,
     target: wgpu::Texture,
     /// Size in pixels.
     pub size: [u32; 2],
+    /// Physical pixels per egui point (the UI scale).
     pub pixels_per_point: f32,
     /// The UI clock, seconds.
     pub time: f64,

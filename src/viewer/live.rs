@@ -19,12 +19,22 @@ pub enum LiveMsg {
     Started(Box<RunInfo>),
     /// A step finished (its latents and masks, downloaded right after it).
     Step {
+        /// Index of the finished step (0-based).
         step: usize,
+        /// Wall time of the step in ms (see [`GenerateOutput::step_ms`]).
+        ///
+        /// [`GenerateOutput::step_ms`]: crate::pipeline::generate::GenerateOutput::step_ms
         ms: f64,
+        /// The step's latents, prediction of the clean latents and masks.
         data: StepData,
     },
     /// The image is decoded (and written, as `generate` does).
-    Done { info: Box<RunInfo>, image: Rgb8 },
+    Done {
+        /// The run's final description (with its times filled in).
+        info: Box<RunInfo>,
+        /// The final image.
+        image: Rgb8,
+    },
     /// The generation failed.
     Failed(String),
 }
@@ -32,9 +42,18 @@ pub enum LiveMsg {
 /// Where a live run stands.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LiveStatus {
+    /// The worker is loading the pipeline.
     Loading,
-    Running { done: usize, steps: usize },
+    /// The denoising loop is running.
+    Running {
+        /// Steps finished so far.
+        done: usize,
+        /// Total number of steps of the run.
+        steps: usize,
+    },
+    /// The image is decoded.
     Done,
+    /// The run failed or was stopped; the error message.
     Failed(String),
 }
 
@@ -93,12 +112,14 @@ pub fn spawn(
 pub struct LiveRun {
     rx: Receiver<LiveMsg>,
     _worker: JoinHandle<()>,
+    /// Where the run stands.
     pub status: LiveStatus,
     /// The run so far (`None` until the pipeline is loaded).
     pub run: Option<RunData>,
 }
 
 impl LiveRun {
+    /// The UI side of a run started by [`spawn`]: its message channel and worker thread.
     pub fn new(rx: Receiver<LiveMsg>, worker: JoinHandle<()>) -> Self {
         LiveRun {
             rx,

@@ -38,6 +38,7 @@ pub struct ViewState {
     pub available: usize,
     /// Whether more steps will come (a live run still running).
     pub growing: bool,
+    /// Whether the cursor advances by itself at [`ViewState::speed`].
     pub playing: bool,
     /// Steps per second while playing.
     pub speed: f32,
@@ -160,8 +161,11 @@ impl ViewState {
 /// RGBA8 image, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rgba8 {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// `width * height * 4` bytes, RGBA per pixel.
     pub pixels: Vec<u8>,
 }
 
@@ -329,7 +333,9 @@ pub fn kept_count(m: &StepMask) -> (usize, usize) {
 /// One bar series of the charts: a value per step (`None` where not known yet).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
+    /// The run's name (see [`RunData::label`]).
     pub label: String,
+    /// One value per step.
     pub values: Vec<Option<f64>>,
 }
 

@@ -21,10 +21,15 @@ pub enum AttentionMap {
 
 /// diffusers `Attention` (no bias on q/k/v, bias on `to_out.0`).
 pub struct Attention {
+    /// `to_q`: `C -> C`, no bias.
     pub to_q: Linear,
+    /// `to_k`: context width -> `C`, no bias.
     pub to_k: Linear,
+    /// `to_v`: context width -> `C`, no bias.
     pub to_v: Linear,
+    /// `to_out.0`: `C -> C`, with bias.
     pub to_out: Linear,
+    /// Attention heads; the head width is `C / heads`.
     pub heads: usize,
 }
 
@@ -77,13 +82,19 @@ impl Attention {
 /// `BasicTransformerBlock`: self-attention, cross-attention, GEGLU feed-forward, each pre-LN
 /// with a residual.
 pub struct BasicTransformerBlock {
+    /// `norm1` (eps 1e-5), before the self-attention.
     pub norm1: LayerNorm,
+    /// `attn1`: self-attention.
     pub attn1: Attention,
+    /// `norm2` (eps 1e-5), before the cross-attention.
     pub norm2: LayerNorm,
+    /// `attn2`: cross-attention to the text embeddings (`cross_attention_dim` wide).
     pub attn2: Attention,
+    /// `norm3` (eps 1e-5), before the feed-forward.
     pub norm3: LayerNorm,
-    /// `ff.net.0.proj`: C -> 8C (GEGLU input), `ff.net.2`: 4C -> C.
+    /// `ff.net.0.proj`: C -> 8C (GEGLU input, value and gate halves).
     pub ff_proj: Linear,
+    /// `ff.net.2`: 4C -> C.
     pub ff_out: Linear,
 }
 

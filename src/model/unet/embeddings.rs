@@ -9,7 +9,9 @@ use crate::tensor::Tensor;
 
 /// `TimestepEmbedding`: linear_1, SiLU, linear_2.
 pub struct TimestepEmbeddingMlp {
+    /// `linear_1`: input width -> `time_embed_dim`, with bias.
     pub linear_1: Linear,
+    /// `linear_2`: `time_embed_dim -> time_embed_dim`, with bias.
     pub linear_2: Linear,
 }
 

@@ -42,7 +42,9 @@ pub struct UNetOutput {
 /// merged row of every token `[B, N]` (u32) per merged block (`<stack>.transformer_blocks.<i>`).
 #[derive(Default)]
 pub struct PruneRecords {
+    /// AT-EDM's record of each pruned stack, by stack name, in forward order.
     pub stacks: Vec<(String, StackRecord)>,
+    /// ToMe's merged row of every token `[B, N]` (u32), by block name, in forward order.
     pub merges: Vec<(String, Tensor)>,
 }
 
@@ -98,15 +100,28 @@ pub struct UNetInputs<'a> {
 
 /// SD-XL `UNet2DConditionModel`.
 pub struct UNet2DConditionModel {
+    /// The configuration the model was built from.
     pub config: UNetConfig,
+    /// The dtype the weights are stored in and the forward computes in.
     pub dtype: DType,
+    /// `conv_in`: 3x3, `in_channels -> block_out_channels[0]`.
     pub conv_in: Conv2d,
+    /// `time_embedding`: sinusoidal timestep embedding (`block_out_channels[0]` wide) ->
+    /// `time_embed_dim`.
     pub time_embedding: TimestepEmbeddingMlp,
+    /// `add_embedding`: pooled text embedding and embedded time ids
+    /// (`projection_class_embeddings_input_dim`) -> `time_embed_dim`, added to the time
+    /// embedding.
     pub add_embedding: TimestepEmbeddingMlp,
+    /// `down_blocks`, one per level, full resolution first.
     pub down_blocks: Vec<DownBlock>,
+    /// `mid_block`, at the lowest resolution.
     pub mid_block: MidBlock,
+    /// `up_blocks`, one per level, lowest resolution first.
     pub up_blocks: Vec<UpBlock>,
+    /// `conv_norm_out` on `block_out_channels[0]` channels, followed by SiLU.
     pub conv_norm_out: GroupNorm,
+    /// `conv_out`: 3x3, `block_out_channels[0] -> out_channels`.
     pub conv_out: Conv2d,
 }
 

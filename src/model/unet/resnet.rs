@@ -10,11 +10,17 @@ use crate::tensor::Tensor;
 
 /// `ResnetBlock2D` (time embedding added after conv1, "default" scale-shift).
 pub struct ResnetBlock2D {
+    /// `norm1` on the `Cin` input channels, followed by SiLU.
     pub norm1: GroupNorm,
+    /// `conv1`: 3x3, `Cin -> Cout`.
     pub conv1: Conv2d,
+    /// `time_emb_proj`: `time_embed_dim -> Cout` on `SiLU(emb)`, added per channel after `conv1`.
     pub time_emb_proj: Linear,
+    /// `norm2` on `Cout` channels, followed by SiLU.
     pub norm2: GroupNorm,
+    /// `conv2`: 3x3, `Cout -> Cout`; adds the shortcut.
     pub conv2: Conv2d,
+    /// `conv_shortcut`: 1x1, `Cin -> Cout`, when the widths differ; otherwise the identity.
     pub conv_shortcut: Option<Conv2d>,
 }
 

@@ -27,9 +27,13 @@ pub struct StackOutput {
 
 /// `Transformer2DModel` with linear projections.
 pub struct Transformer2DModel {
+    /// `norm`: `GroupNorm` (eps 1e-6) on the input feature map.
     pub norm: GroupNorm,
+    /// `proj_in`: `C -> C` on the `[B, H*W, C]` tokens.
     pub proj_in: Linear,
+    /// `transformer_blocks`, `transformer_layers_per_block` of them for the stack's level.
     pub transformer_blocks: Vec<BasicTransformerBlock>,
+    /// `proj_out`: `C -> C`, before the tokens go back to `[B, C, H, W]`.
     pub proj_out: Linear,
 }
 
@@ -135,11 +139,16 @@ impl Transformer2DModel {
 /// What runs in one stack at this forward.
 #[derive(Clone, Copy, Debug)]
 pub enum StackMode {
+    /// AT-EDM: after pruning block `p` ([`StackPrune::block`]), keep the tokens its
+    /// self-attention map ranks highest.
     AtEdm(StackPrune),
+    /// ToMe: merge tokens around the chosen sub-layers of each block it acts on.
     Tome {
+        /// What to merge and how much.
         settings: TomeSettings,
         /// Index of the stack's first block among all transformer blocks (forward order).
         first_block: u32,
+        /// Denoising step index (0-based), mixed into the seed of random destinations.
         step: u32,
     },
 }
@@ -147,6 +156,8 @@ pub enum StackMode {
 /// What a pruned stack decided: kept token indices `[B, k]` (u32, ascending) and the G-WPR
 /// importance `[B, N]` (f32). Both stay on the GPU.
 pub struct StackRecord {
+    /// Kept token indices `[B, k]` (u32, ascending).
     pub kept: Tensor,
+    /// G-WPR importance of every token `[B, N]` (f32).
     pub scores: Tensor,
 }
