@@ -26,7 +26,7 @@
 //! [`gpu`] (adapter, device, buffers, command recording) -> [`ops`] (one module per WGSL kernel
 //! family, each with a CPU reference) -> [`nn`] (layers with weights) -> [`prune`] (pruning
 //! settings, the scheduler, G-WPR, ToMe, FLOPs) -> [`model`] (configs, weights, the UNet, CLIP,
-//! VAE) -> [`pipeline`] (scheduler, generation, saved runs) -> [`bench`] / [`eval`] -> the
+//! VAE) -> [`pipeline`] (scheduler, generation, saved runs) -> [`bench`](mod@bench) / [`eval`] -> the
 //! `viewer` (feature `viewer`) and the `atedm` binary.
 //!
 //! A pruning schedule of your own implements [`PruneSchedule`] and runs through

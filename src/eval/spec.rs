@@ -16,12 +16,12 @@ pub struct NamedColor {
     pub rgb: [u8; 3],
 }
 
-/// A named position: the centre of a grid cell in [0,1] image coordinates (x right, y down).
+/// A named position: the centre of a grid cell in `[0, 1]` image coordinates (x right, y down).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedPosition {
     /// The position's caption words ("top left").
     pub name: String,
-    /// `[x, y]` of the cell centre, in [0,1].
+    /// `[x, y]` of the cell centre, in `[0, 1]`.
     pub center: [f64; 2],
 }
 

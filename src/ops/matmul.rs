@@ -60,12 +60,12 @@ pub enum MatmulKernel {
     /// 64x64 output tiles, K slabs staged in workgroup memory, 4x4 register blocks.
     Tiled,
     /// 32x32 output tiles of 4x4 register blocks read straight from storage (no barriers):
-    /// 1.55x faster than `Tiled` on lavapipe (512^3 f32: 0.91 vs 0.58 GFLOP/s, one run).
+    /// faster than `Tiled` on lavapipe (figures in `docs/kernels.md`).
     Registers,
     /// 64x64 output tiles of 8x8 register blocks read straight from storage: 4 multiply-adds
     /// per loaded element instead of 2. On lavapipe every storage load is a per-lane gather
-    /// that costs far more than the arithmetic (a loop of FMAs alone runs at 10 GFLOP/s there),
-    /// so this is 1.8x `Registers` (256^3 and 512^3 f32: 0.80-0.85 vs 0.45 GFLOP/s).
+    /// that costs far more than the arithmetic, so this beats `Registers` there (figures in
+    /// `docs/kernels.md`).
     /// The tile is 64, 32, 16 or 8 rows by 64 columns, whichever pads M least
     /// ([`reg8_tile_rows`]): a pruned layer's rows (AT-EDM keeps e.g. 50 of 128) then cost
     /// little more than their own work. Where blocks of 10 rows pad clearly less than blocks of
@@ -77,8 +77,8 @@ pub enum MatmulKernel {
     /// 10x8 register blocks (10 rows, 8 columns) in tiles of 10 rows x 64 columns: for row
     /// counts that blocks of 8 pad badly. `Registers8` switches to it by itself where that
     /// pays ([`reg10_pays`]): AT-EDM's 50 kept rows at 256 px run as 5 blocks of 10 instead of
-    /// 7 blocks of 8 (56 rows); `bench-ops --only linear` measured 6.90 vs 6.41 and 5.67 vs
-    /// 4.99 GFLOP/s there (two runs), and equal speed where both pad alike (128 rows).
+    /// 7 blocks of 8 (56 rows). `bench-ops --only linear` compares the two (figures in
+    /// `docs/kernels.md`).
     Registers10,
 }
 

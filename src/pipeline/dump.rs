@@ -39,7 +39,8 @@ pub struct RunInfo {
     pub settings: String,
     /// The prompt.
     pub prompt: String,
-    /// `none`, `atedm`, `atedm-dagger` or `tome`.
+    /// [`PruneMode::name`](crate::prune::settings::PruneMode::name): `none`, `atedm`,
+    /// `atedm-dagger`, `tome` or `custom`.
     pub prune_mode: String,
     /// One line describing the pruning settings.
     pub prune: String,
