@@ -445,3 +445,24 @@ fn view_screenshot_writes_a_png() {
     let e = run.error();
     assert!(e.contains("--size"), "{e}");
 }
+
+/// A live run whose stop flag is set (the window closed) ends after its current step with
+/// `cancelled` and writes no image.
+#[test]
+fn a_stopped_live_run_writes_nothing() {
+    let out = work_dir().join("stopped.png");
+    let _ = std::fs::remove_file(&out);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gpu = atedm::gpu::ContextOptions::from_env();
+    let (rx, worker) = spawn(args(&out, None, atedm_half()), gpu, stop.clone(), || {});
+    let mut live = LiveRun::new(rx, worker).stop_on_drop(stop.clone());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let t = std::time::Instant::now();
+    while live.growing() {
+        live.poll();
+        assert!(t.elapsed().as_secs() < 300, "the stopped run did not end");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(live.status, LiveStatus::Failed("cancelled".into()));
+    assert!(!out.exists(), "a stopped run writes no image");
+}

@@ -8,7 +8,9 @@ set -euo pipefail
 
 have_driver() {
     # A Vulkan loader and at least one installable client driver (ICD) manifest.
-    { ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; } || return 1
+    # grep reads all of ldconfig's output (no -q): with pipefail, grep -q exiting early could
+    # kill ldconfig with SIGPIPE and fail the pipeline although the library is there.
+    { ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null; } || return 1
     compgen -G "/usr/share/vulkan/icd.d/*.json" >/dev/null \
         || compgen -G "/etc/vulkan/icd.d/*.json" >/dev/null \
         || compgen -G "/usr/local/share/vulkan/icd.d/*.json" >/dev/null

@@ -115,8 +115,8 @@ pub fn run(gpu: &GpuArgs, a: ViewArgs) -> Result<()> {
             let live = live.map(|job| {
                 let ctx = cc.egui_ctx.clone();
                 let stop = Arc::new(AtomicBool::new(false));
-                let (rx, worker) = spawn(job, gpu, stop, move || ctx.request_repaint());
-                LiveRun::new(rx, worker)
+                let (rx, worker) = spawn(job, gpu, stop.clone(), move || ctx.request_repaint());
+                LiveRun::new(rx, worker).stop_on_drop(stop)
             });
             Ok(Box::new(ViewerApp::new(runs, live)))
         }),

@@ -112,6 +112,8 @@ pub fn spawn(
 pub struct LiveRun {
     rx: Receiver<LiveMsg>,
     _worker: JoinHandle<()>,
+    /// Set when the UI side is dropped (the window closed): the worker stops after its step.
+    stop: Option<Arc<AtomicBool>>,
     /// Where the run stands.
     pub status: LiveStatus,
     /// The run so far (`None` until the pipeline is loaded).
@@ -124,9 +126,17 @@ impl LiveRun {
         LiveRun {
             rx,
             _worker: worker,
+            stop: None,
             status: LiveStatus::Loading,
             run: None,
         }
+    }
+
+    /// Sets `stop` (the flag given to [`spawn`]) when this is dropped, so closing the window
+    /// ends the generation after its current step instead of letting it run on.
+    pub fn stop_on_drop(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Applies every message waiting, without blocking; returns whether anything changed.
@@ -194,5 +204,13 @@ impl LiveRun {
             self.status,
             LiveStatus::Loading | LiveStatus::Running { .. }
         )
+    }
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop {
+            stop.store(true, Ordering::SeqCst);
+        }
     }
 }
