@@ -467,3 +467,42 @@ fn a_cancelled_job_writes_nothing() {
     assert!(left.is_empty(), "nothing written: {left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Ctrl-C during `atedm generate` stops after the current step: exit code 130, and neither the
+/// image nor the saved run is written.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_the_cli_without_output() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("atedm-generate-sigint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (out, runs) = (dir.join("never.png"), dir.join("run"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_atedm"))
+        .args(["generate", "--prompt", "a large red circle at the center"])
+        .args(["--steps", "1000", "--output"])
+        .arg(&out)
+        .arg("--dump-masks")
+        .arg(&runs)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the model is loaded (the handler is installed before that), then interrupt.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let loaded = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("loaded"));
+    assert!(loaded, "the run started");
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("cancelled")), "{rest:?}");
+    assert!(!out.exists() && !runs.exists(), "nothing written");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
