@@ -178,6 +178,26 @@ impl ClipEncoderLayer {
     }
 }
 
+/// Which transformers class a text encoder is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClipKind {
+    /// `CLIPTextModel` (SD-XL's `text_encoder`, CLIP ViT-L): no projection.
+    TextModel,
+    /// `CLIPTextModelWithProjection` (SD-XL's `text_encoder_2`, OpenCLIP bigG): with
+    /// `text_projection`.
+    WithProjection,
+}
+
+/// What [`ClipTextModel::forward`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClipOutputs {
+    /// The penultimate layer's states only (the last layer is skipped).
+    Penultimate,
+    /// Those and the pooled projection (a with-projection model's last layer, final norm and
+    /// `text_projection` at the EOS token).
+    WithPooled,
+}
+
 /// What SD-XL takes from a text encoder.
 pub struct ClipOutput {
     /// `hidden_states[-2]`: the output of the penultimate layer, before the final layer norm,
@@ -252,27 +272,23 @@ pub struct ClipTextModel {
 impl ClipTextModel {
     /// Loads a transformers text encoder folder (`config.json` and `model.safetensors`, its
     /// `.fp16` variant, preferred for f16, or a sharded index) in any layout of
-    /// [`TEXT_MODEL_PREFIXES`]; `with_projection` for `CLIPTextModelWithProjection`. Errors
+    /// [`TEXT_MODEL_PREFIXES`]; `kind` says which class it is. Errors
     /// name the folder.
-    pub fn load(ctx: &GpuContext, dir: &Path, dtype: DType, with_projection: bool) -> Result<Self> {
+    pub fn load(ctx: &GpuContext, dir: &Path, dtype: DType, kind: ClipKind) -> Result<Self> {
         let cfg = ClipTextConfig::from_file(dir)?;
         let store = WeightStore::open_diffusers(dir, "model", dtype == DType::F16)?;
         let what = |e: Error| Error::Invalid(format!("{}: {e}", dir.display()));
         let mut l = WeightLoader::new(ctx, &store, dtype);
-        let model = Self::build(&cfg, &mut l, with_projection).map_err(what)?;
+        let model = Self::build(&cfg, &mut l, kind).map_err(what)?;
         l.finish().map_err(what)?;
         Ok(model)
     }
 
     /// Builds the model from `l` (transformers names, under the `text_model.` prefix or without
-    /// it: whichever the store holds, see [`text_model_prefix`]); `with_projection` for
+    /// it: whichever the store holds, see [`text_model_prefix`]); `kind` says which class
     /// `CLIPTextModelWithProjection` (SD-XL's `text_encoder_2`). Check `l.finish()` before use.
-    pub fn build(
-        cfg: &ClipTextConfig,
-        l: &mut WeightLoader,
-        with_projection: bool,
-    ) -> Result<Self> {
-        let projection = match (with_projection, cfg.projection_dim) {
+    pub fn build(cfg: &ClipTextConfig, l: &mut WeightLoader, kind: ClipKind) -> Result<Self> {
+        let projection = match (kind == ClipKind::WithProjection, cfg.projection_dim) {
             (false, _) => None,
             (true, Some(p)) => Some(p),
             (true, None) => {
@@ -314,14 +330,14 @@ impl ClipTextModel {
         })
     }
 
-    /// Encodes token ids `[B, L]` (row-major). `pooled`: also compute the pooled projection
-    /// (skipped work otherwise: the last layer only feeds it).
+    /// Encodes token ids `[B, L]` (row-major). With [`ClipOutputs::WithPooled`], also the
+    /// pooled projection (skipped work otherwise: the last layer only feeds it).
     pub fn forward(
         &self,
         ctx: &GpuContext,
         ids: &[u32],
         batch: usize,
-        pooled: bool,
+        outputs: ClipOutputs,
     ) -> Result<ClipOutput> {
         let (mut h, len) = self.embed(ctx, ids, batch)?;
         let d = self.config.hidden_size;
@@ -331,8 +347,8 @@ impl ClipTextModel {
             h = layer.forward(ctx, &h, heads, self.act)?;
         }
         let penultimate = h.clone();
-        let pooled = match (&self.text_projection, pooled) {
-            (Some(proj), true) => {
+        let pooled = match (&self.text_projection, outputs) {
+            (Some(proj), ClipOutputs::WithPooled) => {
                 let last = self.layers[n - 1].forward(ctx, &h, heads, self.act)?;
                 let normed = self.final_layer_norm.forward(ctx, &last)?;
                 // The first occurrence of the highest id (EOS = 49407), as transformers' argmax.

@@ -22,6 +22,7 @@ use std::ops::ControlFlow;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::model::clip::ClipOutputs;
 use crate::model::unet::{PruneStep, UNetInputs};
 use crate::ops::{elementwise, guidance, layout};
 use crate::pipeline::scheduler::EulerSchedule;
@@ -57,8 +58,13 @@ impl SdxlPipeline {
             ids2.extend(b.ids);
         }
         let n = texts.len();
-        let h1 = self.text_encoder.forward(ctx, &ids1, n, false)?.penultimate;
-        let out2 = self.text_encoder_2.forward(ctx, &ids2, n, true)?;
+        let h1 = self
+            .text_encoder
+            .forward(ctx, &ids1, n, ClipOutputs::Penultimate)?
+            .penultimate;
+        let out2 = self
+            .text_encoder_2
+            .forward(ctx, &ids2, n, ClipOutputs::WithPooled)?;
         let context = layout::concat(ctx, &[&h1, &out2.penultimate], 2)?;
         Ok(Encoded {
             context,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::model::clip::{ClipTextConfig, ClipTextModel};
+use crate::model::clip::{ClipKind, ClipTextConfig, ClipTextModel};
 use crate::model::keymap::UNET_PREFIX;
 use crate::model::load::load_unet;
 use crate::model::single_file::{
@@ -91,35 +91,23 @@ fn build_clip(
     cfg: &ClipTextConfig,
     store: &WeightStore,
     dtype: DType,
-    with_projection: bool,
+    kind: ClipKind,
     what: &str,
 ) -> Result<ClipTextModel> {
     let mut l = WeightLoader::new(ctx, store, dtype);
     // Some exports carry transformers' position_ids buffer: not a weight.
     l.ignore_prefix("text_model.embeddings.position_ids");
-    let model = ClipTextModel::build(cfg, &mut l, with_projection)
+    let model = ClipTextModel::build(cfg, &mut l, kind)
         .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
     l.finish()
         .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
     Ok(model)
 }
 
-fn load_clip(
-    ctx: &GpuContext,
-    dir: &Path,
-    dtype: DType,
-    with_projection: bool,
-) -> Result<ClipTextModel> {
+fn load_clip(ctx: &GpuContext, dir: &Path, dtype: DType, kind: ClipKind) -> Result<ClipTextModel> {
     let cfg = ClipTextConfig::from_file(dir)?;
     let store = WeightStore::open_diffusers(dir, "model", dtype == DType::F16)?;
-    build_clip(
-        ctx,
-        &cfg,
-        &store,
-        dtype,
-        with_projection,
-        &dir.display().to_string(),
-    )
+    build_clip(ctx, &cfg, &store, dtype, kind, &dir.display().to_string())
 }
 
 /// The VAE's compute dtype: `opts.vae_dtype`, else f32 when the config asks for upcasting.
@@ -221,8 +209,18 @@ impl SdxlPipeline {
         }
         let tokenizer = ClipTokenizer::from_dir(&part(path, "tokenizer")?, Padding::Eos)?;
         let tokenizer_2 = ClipTokenizer::from_dir(&part(path, "tokenizer_2")?, Padding::BANG)?;
-        let text_encoder = load_clip(ctx, &part(path, "text_encoder")?, opts.dtype, false)?;
-        let text_encoder_2 = load_clip(ctx, &part(path, "text_encoder_2")?, opts.dtype, true)?;
+        let text_encoder = load_clip(
+            ctx,
+            &part(path, "text_encoder")?,
+            opts.dtype,
+            ClipKind::TextModel,
+        )?;
+        let text_encoder_2 = load_clip(
+            ctx,
+            &part(path, "text_encoder_2")?,
+            opts.dtype,
+            ClipKind::WithProjection,
+        )?;
         let unet = load_unet(ctx, &part(path, "unet")?, None, opts.dtype)?;
         check_fit(path, &text_encoder, &text_encoder_2, &unet)?;
         let vae_dir = part(path, "vae")?;
@@ -275,20 +273,13 @@ impl SdxlPipeline {
                 p.weights,
             )?])
         };
-        let clip = |p: &Part, with_projection: bool| -> Result<ClipTextModel> {
+        let clip = |p: &Part, kind: ClipKind| -> Result<ClipTextModel> {
             let cfg =
                 ClipTextConfig::from_json(p.config, &label(&format!("{}/config.json", p.name)))?;
-            build_clip(
-                ctx,
-                &cfg,
-                &store(p)?,
-                opts.dtype,
-                with_projection,
-                &label(p.name),
-            )
+            build_clip(ctx, &cfg, &store(p)?, opts.dtype, kind, &label(p.name))
         };
-        let text_encoder = clip(&demo::TEXT_ENCODER, false)?;
-        let text_encoder_2 = clip(&demo::TEXT_ENCODER_2, true)?;
+        let text_encoder = clip(&demo::TEXT_ENCODER, ClipKind::TextModel)?;
+        let text_encoder_2 = clip(&demo::TEXT_ENCODER_2, ClipKind::WithProjection)?;
         let unet_cfg = UNetConfig::from_json(demo::UNET.config)
             .map_err(|e| Error::Invalid(format!("{}: {e}", label("unet/config.json"))))?;
         let unet = UNet2DConditionModel::load(
@@ -378,7 +369,7 @@ impl SdxlPipeline {
             &te1_cfg,
             &store,
             opts.dtype,
-            false,
+            ClipKind::TextModel,
             &what("text_encoder"),
         )?;
         drop(store);
@@ -389,7 +380,7 @@ impl SdxlPipeline {
             &te2_cfg,
             &store,
             opts.dtype,
-            true,
+            ClipKind::WithProjection,
             &what("text_encoder_2"),
         )?;
         drop(store);

@@ -199,3 +199,25 @@ impl GenerateOutput {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_mask_marks_the_kept_tokens_of_a_row_on_the_grid() {
+        let m = StepMask {
+            step: 0,
+            stack: "mid_block.attentions.0".into(),
+            grid: [2, 3],
+            kept: vec![0, 5, 1, 2, 4, 9],
+            kept_shape: [2, 3],
+            scores: vec![0.0; 12],
+            scores_shape: [2, 6],
+        };
+        assert_eq!(m.kept_mask(0), [true, false, false, false, false, true]);
+        // Row 1 holds an out-of-range index (9): ignored.
+        assert_eq!(m.kept_mask(1), [false, true, true, false, true, false]);
+        assert_eq!(m.kept_mask(5), [false; 6], "a missing row keeps nothing");
+    }
+}

@@ -164,3 +164,66 @@ fn operations_after_device_loss_are_errors() {
         Error::DeviceLost(_)
     ));
 }
+
+/// The async forms (context, readback, wait) give what the blocking ones give.
+#[test]
+fn async_forms_give_the_blocking_results() {
+    let c = pollster::block_on(GpuContext::new_async(&ContextOptions::from_env())).unwrap();
+    let t = Tensor::from_f32(&c, &[1.0, 2.5, -3.0], &[3], DType::F32).unwrap();
+    let x = elementwise::scale(&c, &t, 2.0, 0.0).unwrap();
+    pollster::block_on(c.wait_async()).unwrap();
+    assert_eq!(
+        pollster::block_on(x.to_f32_vec_async(&c)).unwrap(),
+        x.to_f32_vec(&c).unwrap()
+    );
+    assert_eq!(x.to_f32_vec(&c).unwrap(), vec![2.0, 5.0, -6.0]);
+    let idx = Tensor::from_u32(&c, &[7, 9], &[2]).unwrap();
+    assert_eq!(
+        pollster::block_on(idx.to_u32_vec_async(&c)).unwrap(),
+        vec![7, 9]
+    );
+    assert!(pollster::block_on(t.to_u32_vec_async(&c)).is_err());
+}
+
+/// A context on a device the host application created: the engine runs on it, and the host
+/// keeps using the same device and queue.
+#[test]
+fn a_context_runs_on_the_hosts_device() {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let want = std::env::var("ATEDM_ADAPTER")
+        .ok()
+        .map(|a| a.to_lowercase());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+    let adapter = adapters
+        .into_iter()
+        .find(|a| {
+            want.as_ref()
+                .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
+        })
+        .expect("an adapter (run through tools/test.sh)");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: adapter.features() & GpuContext::wanted_features(),
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let c = GpuContext::from_wgpu(&adapter, device.clone(), queue.clone());
+    assert_eq!(c.adapter().name, adapter.get_info().name);
+    assert_eq!(
+        c.supports_f16(),
+        device.features().contains(wgpu::Features::SHADER_F16)
+    );
+    let t = Tensor::from_f32(&c, &[1.0, 2.0], &[2], DType::F32).unwrap();
+    let y = elementwise::scale(&c, &t, 3.0, 1.0).unwrap();
+    assert_eq!(y.to_f32_vec(&c).unwrap(), vec![4.0, 7.0]);
+    // The host's own work on the same queue.
+    let buf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("host"),
+        size: 16,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&buf, 0, &[0; 16]);
+    queue.submit([]);
+    c.check().unwrap();
+}

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use crate::common::*;
-use atedm::model::clip::{ClipTextConfig, ClipTextModel};
+use atedm::model::clip::{ClipKind, ClipOutputs, ClipTextConfig, ClipTextModel};
 use atedm::model::weights::{read_all_f32, SafetensorsFile, Transform, WeightLoader, WeightStore};
 use atedm::DType;
 
@@ -61,7 +61,12 @@ fn check_writer(writer: &str, layout: [&str; 2]) -> f32 {
             key,
             "{writer}/{sub}: not the layout under test"
         );
-        let model = ClipTextModel::load(ctx(), &part, DType::F32, with_projection)
+        let (kind, outputs) = if with_projection {
+            (ClipKind::WithProjection, ClipOutputs::WithPooled)
+        } else {
+            (ClipKind::TextModel, ClipOutputs::Penultimate)
+        };
+        let model = ClipTextModel::load(ctx(), &part, DType::F32, kind)
             .unwrap_or_else(|e| panic!("{writer}/{sub}: {e}"));
         for batch in ["a", "b"] {
             let (shape, _) = &refs[&format!("{sub}.{batch}.penultimate")];
@@ -71,9 +76,7 @@ fn check_writer(writer: &str, layout: [&str; 2]) -> f32 {
                 .map(|&i| u32::try_from(i).unwrap())
                 .collect();
             assert_eq!(batch_ids.len(), b * l);
-            let out = model
-                .forward(ctx(), &batch_ids, b, with_projection)
-                .unwrap();
+            let out = model.forward(ctx(), &batch_ids, b, outputs).unwrap();
             let mut got = vec![("penultimate", out.penultimate)];
             got.push((
                 "last_hidden_state",
@@ -128,7 +131,7 @@ fn build_err(map: impl Fn(&str) -> Vec<(String, Transform)>) -> String {
     let file = SafetensorsFile::open(&dir.join("model.safetensors")).unwrap();
     let store = WeightStore::from_files_transformed(vec![file], map).unwrap();
     let mut l = WeightLoader::new(ctx(), &store, DType::F32);
-    let built = ClipTextModel::build(&cfg, &mut l, false);
+    let built = ClipTextModel::build(&cfg, &mut l, ClipKind::TextModel);
     match built.and_then(|_| l.finish()) {
         Ok(_) => panic!("loaded"),
         Err(e) => e.to_string(),
