@@ -215,9 +215,9 @@ mod tests {
             scores: vec![0.0; 12],
             scores_shape: [2, 6],
         };
-        assert_eq!(m.kept_mask(0), [true, false, false, false, false, true]);
-        // Row 1 holds an out-of-range index (9): ignored.
-        assert_eq!(m.kept_mask(1), [false, true, true, false, true, false]);
+        // Row 0 keeps [0, 5, 1]; row 1 keeps [2, 4, 9], 9 out of range (ignored).
+        assert_eq!(m.kept_mask(0), [true, true, false, false, false, true]);
+        assert_eq!(m.kept_mask(1), [false, false, true, false, true, false]);
         assert_eq!(m.kept_mask(5), [false; 6], "a missing row keeps nothing");
     }
 }
