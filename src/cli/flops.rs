@@ -251,16 +251,29 @@ pub fn run(a: &FlopsArgs) -> Result<()> {
         Some(m) => atedm::model::load::unet_config(m, a.config.as_deref())?,
         None => UNetConfig::sdxl_base(),
     };
-    let m = 8 * cfg.downsampling();
+    // The VAE's factor: a pipeline folder's own (the demo model's may differ from SD-XL's 8).
+    let vae = match &a.model {
+        Some(m) if m.join("vae").join("config.json").is_file() => {
+            atedm::model::vae::VaeConfig::from_file(&m.join("vae"))?.upsampling()
+        }
+        _ => 8,
+    };
+    let m = vae * cfg.downsampling();
     if a.width == 0 || a.height == 0 || a.width % m != 0 || a.height % m != 0 {
         return Err(Error::Invalid(format!(
             "image size {}x{} is not a positive multiple of {m}",
             a.width, a.height
         )));
     }
-    let (lh, lw) = (a.height / 8, a.width / 8);
+    let (lh, lw) = (a.height / vae, a.width / vae);
     let (s, budget) = a.prune.settings(&cfg, lh, lw, a.steps)?;
     let f = unet_flops(&cfg, lh, lw, a.steps, &s)?;
+    // GFLOPs for small models (the demo model), TFLOPs for SD-XL.
+    let (unit, scale) = if f.full >= 1e11 {
+        ("TFLOPs", 1e12)
+    } else {
+        ("GFLOPs", 1e9)
+    };
     let name = a
         .model
         .as_ref()
@@ -271,23 +284,23 @@ pub fn run(a: &FlopsArgs) -> Result<()> {
     );
     if let Pruning::Tome(t) = &s {
         let how = match budget {
-            Some(b) => format!(" (solved for {:.3} TFLOPs)", b / 1e12),
+            Some(b) => format!(" (solved for {:.3} {unit})", b / scale),
             None => String::new(),
         };
         println!("pruning: {}{how}", describe_tome(t.settings()));
     } else if let Pruning::AtEdm(at) = &s {
         let how = match budget {
-            Some(b) => format!("solved for {:.3} TFLOPs", b / 1e12),
+            Some(b) => format!("solved for {:.3} {unit}", b / scale),
             None => "given".into(),
         };
         let dsap = if let Some(tau) = at.dsap_tau() {
             format!(
-                "DSAP on (tau {}: {} early steps at {:.3} TFLOPs, {} at {:.3})",
+                "DSAP on (tau {}: {} early steps at {:.3} {unit}, {} at {:.3})",
                 tau,
                 f.early_steps,
-                f.early / 1e12,
+                f.early / scale,
                 a.steps - f.early_steps,
-                f.late / 1e12
+                f.late / scale
             )
         } else {
             "DSAP off".into()
@@ -307,15 +320,15 @@ pub fn run(a: &FlopsArgs) -> Result<()> {
         println!("pruning: {}", s.describe());
     }
     println!(
-        "model TFLOPs/step: {:.3} (full {:.3}; {:.1}% saved, FLOPs ratio {:.2}x)",
-        f.model / 1e12,
-        f.full / 1e12,
+        "model {unit}/step: {:.3} (full {:.3}; {:.1}% saved, FLOPs ratio {:.2}x)",
+        f.model / scale,
+        f.full / scale,
         100.0 * (1.0 - f.model / f.full),
         f.full / f.model
     );
     println!(
-        "pruning overhead TFLOPs/step: {:.4} ({}; not in the figure above)",
-        f.overhead / 1e12,
+        "pruning overhead {unit}/step: {:.4} ({}; not in the figure above)",
+        f.overhead / scale,
         if s.mode() == PruneMode::Tome {
             "ToMe's similarity matrices"
         } else {
