@@ -12,6 +12,11 @@ N_MERGES = 49152 - 256 - 2  # 48894, as in CLIP's SimpleTokenizer
 
 
 def _bpe_gz_path():
+    # The engine ships the same file (assets/clip, MIT); open_clip_torch is the fallback.
+    shipped = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "assets", "clip",
+                           "bpe_simple_vocab_16e6.txt.gz")
+    if os.path.exists(shipped):
+        return shipped
     spec = importlib.util.find_spec("open_clip")  # the package itself fails to import (no deps)
     assert spec is not None and spec.submodule_search_locations, "open_clip_torch is not installed"
     return os.path.join(list(spec.submodule_search_locations)[0], "bpe_simple_vocab_16e6.txt.gz")

@@ -312,6 +312,40 @@ VAE_CONFIG = dict(
     scaling_factor=1.0,  # replaced by 1/std of the encoded pool
     force_upcast=True,
 )
+# Demo model v2 (issue 16): shaped like SD-XL where pruning acts. A 4x VAE gives a 32x32
+# latent at 128 px; the UNet keeps SD-XL's level pattern (no attention at the first level,
+# transformer depths 2 and 10 at 16x16 = 256 and 8x8 = 64 tokens), so the transformer stacks
+# carry most of the FLOPs and AT-EDM's keep ratio for SD-XL's 4.1T FLOPs ratio (1.65x) exists
+# (atedm flops: full 2.7 GFLOPs/step, at most 2.01x with DSAP, 2.36x without).
+UNET_CONFIG_V2 = dict(
+    UNET_CONFIG,
+    sample_size=IMAGE_SIZE // 4,
+    block_out_channels=[32, 64, 128],
+    transformer_layers_per_block=[1, 2, 10],
+    attention_head_dim=[1, 2, 4],
+)
+VAE_CONFIG_V2 = dict(
+    VAE_CONFIG,
+    down_block_types=["DownEncoderBlock2D"] * 3,
+    up_block_types=["UpDecoderBlock2D"] * 3,
+    block_out_channels=[32, 64, 64],
+    norm_num_groups=16,
+)
+
+
+def use_arch(arch):
+    """Selects the model generation: v1 (the first demo model) or v2 (issue 16)."""
+    if arch == "v2":
+        UNET_CONFIG.clear()
+        UNET_CONFIG.update(UNET_CONFIG_V2)
+        VAE_CONFIG.clear()
+        VAE_CONFIG.update(VAE_CONFIG_V2)
+
+
+def vae_factor():
+    return 2 ** (len(VAE_CONFIG["block_out_channels"]) - 1)
+
+
 SCHEDULER_CONFIG = dict(  # stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json
     num_train_timesteps=1000,
     beta_start=0.00085,
@@ -600,6 +634,78 @@ def unet_batch(pool, step, args, acp):
     return noisy, t, noise, pe, pp, w
 
 
+# ---------------------------------------------------------------------------
+# The committed training state (--state DIR): what a later machine resumes from
+# ---------------------------------------------------------------------------
+# Only the repository outlasts a machine, so the state kept there is as small as resuming
+# allows: the finished VAE (f32, small), the UNet's EMA weights in f16 (what would ship) and a
+# JSON record (step, loss history, wall time, arguments). Everything else is rebuilt
+# deterministically: the text encoders from their seeds, the encoded pool from the VAE, each
+# batch from (seed, step). Resuming continues from the EMA weights with fresh AdamW moments and a
+# short warm-up; that differs from an uninterrupted run, and state.json records each resume.
+T_START = time.time()
+
+
+def state_has_unet(state):
+    return os.path.exists(os.path.join(state, "unet_ema.fp16.safetensors"))
+
+
+def save_state_vae(state, vae, record, dec_record):
+    os.makedirs(state, exist_ok=True)
+    tmp = os.path.join(state, ".vae.tmp")
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, tmp)
+    os.replace(tmp, os.path.join(state, "vae.safetensors"))
+    meta = read_state_meta(state)
+    meta["vae"] = {"record": record, "decoder_finetune": dec_record}
+    write_state_meta(state, meta)
+
+
+def load_state_vae(state):
+    path = os.path.join(state, "vae.safetensors")
+    if not os.path.exists(path):
+        return None
+    meta = read_state_meta(state).get("vae", {})
+    return load_file(path), meta.get("record"), meta.get("decoder_finetune")
+
+
+def save_state_unet(state, ema, step, elapsed, hist, args):
+    os.makedirs(state, exist_ok=True)
+    tmp = os.path.join(state, ".unet.tmp")
+    save_file({k: v.detach().half().contiguous() for k, v in ema.state_dict().items()}, tmp)
+    os.replace(tmp, os.path.join(state, "unet_ema.fp16.safetensors"))
+    meta = read_state_meta(state)
+    resumes = meta.get("unet", {}).get("resumes", [])
+    meta["unet"] = {"step": step, "elapsed": round(elapsed, 1), "hist": hist,
+                    "unet_steps": args.unet_steps, "batch": args.batch, "lr": args.lr,
+                    "resumes": resumes}
+    write_state_meta(state, meta)
+
+
+def load_state_unet(state):
+    sd = {k: v.float() for k, v in
+          load_file(os.path.join(state, "unet_ema.fp16.safetensors")).items()}
+    meta = read_state_meta(state)
+    meta["unet"]["resumes"] = meta["unet"].get("resumes", []) + [meta["unet"]["step"]]
+    write_state_meta(state, meta)
+    return sd, meta["unet"]
+
+
+def read_state_meta(state):
+    path = os.path.join(state, "state.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_state_meta(state, meta):
+    tmp = os.path.join(state, ".state.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, os.path.join(state, "state.json"))
+
+
 def train_unet(args, log, work, pool):
     ckpt = os.path.join(work, "unet_ckpt.pt")
     torch.manual_seed(args.seed + 11)
@@ -608,6 +714,7 @@ def train_unet(args, log, work, pool):
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                             betas=(0.9, 0.99))
     start, elapsed0, hist = 0, 0.0, []
+    restart_warmup_from = None
     if args.resume and os.path.exists(ckpt):
         st = torch.load(ckpt)
         unet.load_state_dict(st["unet"])
@@ -615,6 +722,16 @@ def train_unet(args, log, work, pool):
         opt.load_state_dict(st["opt"])
         start, elapsed0, hist = st["step"], st["elapsed"], st["hist"]
         log(f"[unet] resumed at step {start}")
+    elif args.state and state_has_unet(args.state):
+        # The committed state holds only the EMA weights (f16): training continues from them,
+        # with fresh AdamW moments and a short warm-up (see save_state).
+        sd, meta = load_state_unet(args.state)
+        unet.load_state_dict(sd)
+        ema.load_state_dict(sd)
+        start, elapsed0, hist = meta["step"], meta["elapsed"], meta["hist"]
+        restart_warmup_from = start
+        log(f"[unet] resumed from the committed state {args.state} at step {start} "
+            f"(EMA weights, fresh optimizer moments)")
     log(f"[unet] {n_params(unet):,} params; {args.unet_steps} steps, batch {args.batch}, "
         f"lr {args.lr}, ema {args.ema}, cond drop {args.cond_drop}, min-SNR {args.min_snr}")
     acp = alphas_cumprod()
@@ -627,6 +744,8 @@ def train_unet(args, log, work, pool):
         noisy, t, noise, pe, pp, w = unet_batch(pool, step, args, acp)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.unet_steps, args.lr, args.warmup)
+            if restart_warmup_from is not None and step - restart_warmup_from < args.warmup:
+                g["lr"] *= (step - restart_warmup_from + 1) / args.warmup
         pred = unet(noisy, t, encoder_hidden_states=pe,
                     added_cond_kwargs={"text_embeds": pp, "time_ids": time_ids}).sample
         per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
@@ -652,11 +771,24 @@ def train_unet(args, log, work, pool):
             atomic_save({"unet": unet.state_dict(), "ema": ema.state_dict(),
                          "opt": opt.state_dict(), "step": step + 1,
                          "elapsed": time.time() - t0, "hist": hist}, ckpt)
+            if args.state:
+                save_state_unet(args.state, ema, step + 1, time.time() - t0, hist, args)
             last_ckpt = time.time()
             log(f"[unet] checkpoint at step {step + 1}")
+        if args.stop_after and time.time() - T_START > args.stop_after:
+            atomic_save({"unet": unet.state_dict(), "ema": ema.state_dict(),
+                         "opt": opt.state_dict(), "step": step + 1,
+                         "elapsed": time.time() - t0, "hist": hist}, ckpt)
+            if args.state:
+                save_state_unet(args.state, ema, step + 1, time.time() - t0, hist, args)
+            log(f"[unet] stopping after {args.stop_after:.0f}s at step {step + 1} "
+                f"(--stop-after); resume with --resume")
+            sys.exit(0)
     wall = time.time() - t0
     atomic_save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                  "step": args.unet_steps, "elapsed": wall, "hist": hist}, ckpt)
+    if args.state:
+        save_state_unet(args.state, ema, args.unet_steps, wall, hist, args)
     record = {"steps": args.unet_steps, "wall_s": round(wall, 1),
               "final_mse_unweighted": hist[-1][1] if hist else None,
               "loss_history_step_mse_elapsed_s": hist}
@@ -832,7 +964,7 @@ def probe(args, log, pipe_text):
     unet = UNet2DConditionModel(**UNET_CONFIG)
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     b = args.batch
-    x = torch.randn(b, 4, IMAGE_SIZE // 8, IMAGE_SIZE // 8)
+    x = torch.randn(b, 4, IMAGE_SIZE // vae_factor(), IMAGE_SIZE // vae_factor())
     pe = torch.randn(b, 77, UNET_CONFIG["cross_attention_dim"])
     pp = torch.randn(b, TE2_CONFIG["projection_dim"])
     tid = torch.tensor([TIME_IDS], dtype=torch.float32).expand(b, 6)
@@ -892,7 +1024,17 @@ def main():
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--ckpt-every", type=float, default=600.0, help="seconds")
     ap.add_argument("--note", default="", help="free text stored in atedm_demo.json")
+    ap.add_argument("--arch", choices=["v1", "v2"], default="v1",
+                    help="model generation: v1 (8x VAE, depths 1/2/2) or v2 (4x VAE, depths "
+                         "-/2/10, shaped like SD-XL)")
+    ap.add_argument("--state", help="small resumable training state to keep in the repository "
+                                    "(VAE, UNet EMA f16, state.json); resumed from when the "
+                                    "work folder has no checkpoint")
+    ap.add_argument("--stop-after", type=float, default=0.0,
+                    help="seconds: save the state and stop the UNet phase after this long")
     args = ap.parse_args()
+    use_arch(args.arch)
+    args.state = os.path.abspath(args.state) if args.state else None
     args.out = os.path.abspath(args.out)
     work = os.path.abspath(args.work or args.out + "-work")
     args.samples = os.path.abspath(args.samples or args.out + "-samples.png")
@@ -914,10 +1056,22 @@ def main():
         probe(args, log, pipe_text)
         return
 
-    vae, vae_rec = train_vae(args, log, work)
-    vae.eval().requires_grad_(False)
-    pool = build_pool(args, log, work, vae, pipe_text)
-    dec_rec = finetune_decoder(args, log, work, vae)
+    from_state = load_state_vae(args.state) if args.state else None
+    if from_state is not None and not (args.resume and os.path.exists(
+            os.path.join(work, "vae_dec_final.pt"))):
+        vae = AutoencoderKL(**VAE_CONFIG)
+        vae.load_state_dict(from_state[0])
+        vae_rec, dec_rec = from_state[1], from_state[2]
+        log(f"[vae] loaded the finished VAE from the committed state {args.state}")
+        vae.eval().requires_grad_(False)
+        pool = build_pool(args, log, work, vae, pipe_text)
+    else:
+        vae, vae_rec = train_vae(args, log, work)
+        vae.eval().requires_grad_(False)
+        pool = build_pool(args, log, work, vae, pipe_text)
+        dec_rec = finetune_decoder(args, log, work, vae)
+        if args.state:
+            save_state_vae(args.state, vae, vae_rec, dec_rec)
     VAE_CONFIG["scaling_factor"] = round(pool["scaling_factor"], 5)
     unet, unet_rec = train_unet(args, log, work, pool)
 
