@@ -36,8 +36,19 @@ proptest! {
             let want = gwpr::cpu_gwpr(&map, b, n, iters);
             let got = download(&scores);
             assert_close(&got, &want, 1e-4, &format!("gwpr b{b} n{n} T{iters} {dtype}"));
+            // G-WPR keeps the total at 1 when the map's rows sum to 1; rounded to f16 they sum
+            // to 1 + d (|d| up to n * 2^-12), and each of the T iterations scales the total by
+            // at most that: the bound is (1 + d_max)^T - 1, plus f32 summation noise.
+            let d_max = map
+                .chunks(n)
+                .map(|row| (row.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs())
+                .fold(0.0, f64::max);
+            let bound = (1.0 + d_max).powi(iters as i32) - 1.0 + 1e-5;
             let total: f32 = got[..n].iter().sum();
-            prop_assert!((total - 1.0).abs() < 1e-3, "scores sum to 1: {total}");
+            prop_assert!(
+                ((total - 1.0).abs() as f64) <= bound,
+                "scores sum to 1 within {bound:.2e} (row sums off by {d_max:.2e}): {total}"
+            );
             // Top-k and recovery on the reference scores (exact comparisons).
             let s_t = Tensor::from_f32(ctx(), &want, &[b, n], DType::F32).unwrap();
             let kept = gwpr::top_k(ctx(), &s_t, k).unwrap();
