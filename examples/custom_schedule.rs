@@ -10,8 +10,8 @@ use atedm::io::{png_rgb8_bytes, write_atomic};
 use atedm::prune::flops::step_flops;
 use atedm::prune::schedule::kept_tokens;
 use atedm::{
-    GenerateRequest, GpuContext, LoadOptions, PruneSchedule, Pruning, SdxlPipeline, Stack,
-    StackAction, StackPrune,
+    GenerateRequest, GpuContext, LoadOptions, PruneSchedule, Pruning, Recovery, SdxlPipeline,
+    Stack, StackAction, StackPrune,
 };
 
 /// The schedule: what every transformer stack does at every step.
@@ -32,6 +32,7 @@ impl PruneSchedule for FallingKeepRatio {
             keep: kept_tokens(stack.tokens, keep) as usize,
             iters: 5,
             block: 0,
+            recovery: Recovery::AttnCopy,
         })
     }
 

@@ -5,7 +5,7 @@ struct PruneParams {
     n: u32,      // tokens
     batch: u32,
     k: u32,      // kept tokens
-    _pad: u32,
+    c: u32,      // channels (cos_recover_index; 0 elsewhere)
 };
 
 @group(0) @binding(0) var<uniform> pp: PruneParams;
@@ -93,4 +93,41 @@ fn recover_index(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         if (v > best_v) { best_v = v; best = q; }
     }
     rc_out[t] = best;
+}
+
+// ---- cosine recovery index (recovery cos-delta): for token i of h [B, N, C] (the states after
+// block p), the position in the kept list of the kept token whose state is most cosine-similar
+// to i's (itself when kept; ties: the lower position; a zero-norm kept state scores 0).
+@group(0) @binding(1) var<storage, read> cr_h: array<ST>;
+@group(0) @binding(2) var<storage, read> cr_idx: array<u32>;
+@group(0) @binding(3) var<storage, read_write> cr_out: array<u32>;
+
+@compute @workgroup_size(64)
+fn cos_recover_index(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let t = linear_id(wid, nwg, lid);
+    if (t >= pp.batch * pp.n) { return; }
+    let b = t / pp.n;
+    let i = t % pp.n;
+    let c = pp.c;
+    for (var q = 0u; q < pp.k; q = q + 1u) {
+        if (cr_idx[b * pp.k + q] == i) { cr_out[t] = q; return; }
+    }
+    let hi = (b * pp.n + i) * c;
+    var best = 0u;
+    var best_v = -3.0;
+    for (var q = 0u; q < pp.k; q = q + 1u) {
+        let hj = (b * pp.n + cr_idx[b * pp.k + q]) * c;
+        var dot = 0.0;
+        var nn = 0.0;
+        for (var x = 0u; x < c; x = x + 1u) {
+            let v = f32(cr_h[hj + x]);
+            dot = dot + f32(cr_h[hi + x]) * v;
+            nn = nn + v * v;
+        }
+        var v = 0.0;
+        if (nn > 0.0) { v = dot * inverseSqrt(nn); }
+        if (v > best_v) { best_v = v; best = q; }
+    }
+    cr_out[t] = best;
 }

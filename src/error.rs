@@ -24,7 +24,7 @@ pub enum Error {
     #[error("GPU device lost: {0}")]
     DeviceLost(String),
     /// An allocation failed on the GPU.
-    #[error("GPU out of memory while allocating {bytes} bytes for {what}")]
+    #[error("GPU out of memory {}", oom_context(what, *bytes))]
     OutOfMemory {
         /// What the allocation was for (the buffer's label).
         what: String,
@@ -96,5 +96,40 @@ impl Error {
             op,
             message: message.into(),
         }
+    }
+}
+
+/// The second half of [`Error::OutOfMemory`]'s message: the allocation, or the operation when
+/// wgpu reported the failure without a size.
+fn oom_context(what: &str, bytes: u64) -> String {
+    if bytes == 0 {
+        format!("({what})")
+    } else {
+        format!("while allocating {bytes} bytes for {what}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_names_the_size_only_when_known() {
+        let sized = Error::OutOfMemory {
+            what: "unet activations".into(),
+            bytes: 1 << 20,
+        };
+        assert_eq!(
+            sized.to_string(),
+            "GPU out of memory while allocating 1048576 bytes for unet activations"
+        );
+        let unsized_ = Error::OutOfMemory {
+            what: "submitting recorded work".into(),
+            bytes: 0,
+        };
+        assert_eq!(
+            unsized_.to_string(),
+            "GPU out of memory (submitting recorded work)"
+        );
     }
 }

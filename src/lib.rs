@@ -57,7 +57,7 @@ pub use pipeline::generate::{
     GenerateOutput, GenerateRequest, LoadOptions, Record, SdxlPipeline, StepMask, StepUpdate,
 };
 pub use pipeline::job::{run_job, GenerateJob, JobEvent};
-pub use prune::{AtEdm, PruneSchedule, Pruning, Stack, StackAction, StackPrune};
+pub use prune::{AtEdm, PruneSchedule, Pruning, Recovery, Stack, StackAction, StackPrune};
 pub use tensor::{DType, Tensor};
 
 /// Every WGSL kernel family of the engine (validated by naga in the tests, in both dtypes).

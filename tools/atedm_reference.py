@@ -21,8 +21,14 @@ Definitions fixed here where atedm.md leaves room (all in float64 unless said ot
   T times.  Stored as f32 (`score.*`), decided in f64.
 * k = floor(keep_ratio * N + 0.5) evaluated in IEEE float64, clamped to [1, N].
 * top-k: order by (score descending, index ascending) (numpy lexsort), take k, sort ascending.
-* recovery: for pruned i, r(i) = K[argmax_m A[b,i,K[m]]], first maximum (= lowest index,
-  since K is ascending).  For kept j, r(j) = j (NOT the argmax, which may be another token).
+* recovery attn-copy (the paper's): for pruned i, r(i) = K[argmax_m A[b,i,K[m]]], first
+  maximum (= lowest index, since K is ascending).  For kept j, r(j) = j (NOT the argmax, which
+  may be another token).  Output row i = proj_out(h_K)[position of r(i)].
+* recovery cos-delta: h_p = states after block p (all tokens), h_K = kept states after the last
+  block; r(i) = K[argmax_m cos(h_p[i], h_p[K[m]])] in float64 (cos = dot / |h_p[K[m]]|, the
+  |h_p[i]| factor being common; a zero-norm kept state scores 0), first maximum; kept j: r(j) = j.
+  Pruned i gets h_p[i] + (h_K[r(i)] - h_p[r(i)]) (f32), kept rows h_K exactly; proj_out then
+  runs on all N rows.
 * DSAP: protected while step < ceil(tau * steps) (math.ceil of the float64 product); protected
   stacks are down_blocks.<i>.attentions.0 of every down block with attentions and
   up_blocks.<i>.attentions.<last> of every up block with attentions.  mid_block is never
@@ -60,10 +66,13 @@ class PruneConfig:
     only: list = None
     # record stack input/output hidden states (for per-stack tests)
     record_io: bool = True
+    # "attn-copy" (the paper's) or "cos-delta"
+    recovery: str = "attn-copy"
 
     def as_dict(self):
         return dict(keep_ratio=self.keep_ratio, T=self.T, p=self.p, dsap=self.dsap,
-                    tau=self.tau, step=self.step, steps=self.steps, dagger=self.dagger)
+                    tau=self.tau, step=self.step, steps=self.steps, dagger=self.dagger,
+                    recovery=self.recovery)
 
 
 def keep_count(keep_ratio, n):
@@ -220,6 +229,42 @@ def recovery_map(A, kept):
     return r, pos, ties, min_gap
 
 
+def cosine_recovery_map(h, kept):
+    """Recovery cos-delta: r [B,N] int64 (token index), pos [B,N] (position inside K) and
+    near-tie diagnostics, from the states h [B,N,C] after block p (float64 sums)."""
+    B, N, _ = h.shape
+    k = kept.shape[1]
+    r = torch.empty((B, N), dtype=torch.long)
+    pos = torch.empty((B, N), dtype=torch.long)
+    ties, min_gap = [], []
+    for b in range(B):
+        Kb = kept[b]
+        hb = h[b].double().numpy()
+        hk = hb[Kb.numpy()]                                   # [k,C]
+        norms = np.sqrt((hk * hk).sum(axis=1))
+        dots = hb @ hk.T                                      # [N,k]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sub = np.where(norms > 0, dots / norms, 0.0)
+        am = np.argmax(sub, axis=1)
+        where = {int(j): m for m, j in enumerate(Kb.tolist())}
+        nt, mg = 0, float("inf")
+        for i in range(N):
+            if i in where:
+                r[b, i] = i
+                pos[b, i] = where[i]
+            else:
+                r[b, i] = Kb[am[i]]
+                pos[b, i] = int(am[i])
+                if k > 1:
+                    row = np.sort(sub[i])[::-1]
+                    g = (row[0] - row[1]) / max(abs(row[0]), 1e-30)
+                    mg = min(mg, float(g))
+                    nt += int(g < NEAR_TIE_REL)
+        ties.append(nt)
+        min_gap.append(mg if mg != float("inf") else None)
+    return r, pos, ties, min_gap
+
+
 # ---------------------------------------------------------------------------
 # Pruned stack forward
 # ---------------------------------------------------------------------------
@@ -268,13 +313,22 @@ def _pruned_forward(stack, name, cfg, rec, hidden_states, encoder_hidden_states=
     kept, gaps = topk_kept(scores, k)
     # 5. gather after block p's FF residual; blocks p+1.. on kept tokens, proj_out on kept
     idx = kept.unsqueeze(-1).expand(B, k, h.shape[-1])
-    hK = torch.gather(h, 1, idx)
+    hK0 = torch.gather(h, 1, idx)
+    hK = hK0
     for blk in blocks[p + 1:]:
         hK = blk(hK, **kw)
-    yK = stack.proj_out(hK)
-    # 6. similarity-based recovery, then + residual
-    r, pos, rties, rgap = recovery_map(A, kept)
-    y = torch.gather(yK, 1, pos.unsqueeze(-1).expand(B, N, yK.shape[-1]))
+    if cfg.recovery == "cos-delta":
+        # 6'. own state + the most cosine-similar kept token's update; proj_out on all rows
+        r, pos, rties, rgap = cosine_recovery_map(h, kept)
+        upd = torch.gather(hK - hK0, 1, pos.unsqueeze(-1).expand(B, N, h.shape[-1]))
+        full = (h + upd).scatter(1, idx, hK)
+        y = stack.proj_out(full)
+    else:
+        assert cfg.recovery == "attn-copy", cfg.recovery
+        yK = stack.proj_out(hK)
+        # 6. similarity-based recovery, then + residual
+        r, pos, rties, rgap = recovery_map(A, kept)
+        y = torch.gather(yK, 1, pos.unsqueeze(-1).expand(B, N, yK.shape[-1]))
     y = y.reshape(B, Hh, Ww, inner_dim).permute(0, 3, 1, 2).contiguous()
     output = y + residual
 

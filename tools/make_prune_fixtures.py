@@ -62,6 +62,9 @@ CASES = [
     ("dsap_early", dict(keep_ratio=0.5, T=5, p=0, dsap=True, tau=0.25, step=0, steps=8), False),
     ("dsap_late", dict(keep_ratio=0.5, T=5, p=0, dsap=True, tau=0.25, step=6, steps=8), False),
     ("dagger_k050", dict(keep_ratio=0.5, T=5, p=0, dagger=True), False),
+    ("cosdelta_k050_t5_p0", dict(keep_ratio=0.5, T=5, p=0, recovery="cos-delta"), True),
+    ("cosdelta_k070_p1_dsap_late", dict(keep_ratio=0.7, T=5, p=1, dsap=True, tau=0.25, step=6,
+                                        steps=8, recovery="cos-delta"), False),
 ]
 
 
@@ -151,7 +154,8 @@ def run_case(name, unet, inp, out0, case, kwargs, store_io, lines):
     tensors = {"out": out}
     stacks_json = {}
     for sname, r in rec.stacks.items():
-        assert ar.check_recovery(r), f"{sname}: recovery is not an exact row copy"
+        if cfg.recovery == "attn-copy":
+            assert ar.check_recovery(r), f"{sname}: recovery is not an exact row copy"
         assert torch.equal(rec2.stacks[sname]["kept"], r["kept"])
         tensors[f"mask.{sname}"] = r["kept"].contiguous()
         tensors[f"score.{sname}"] = r["score"].contiguous()
@@ -405,24 +409,35 @@ def dir_size(path):
 
 
 def main():
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", help="comma list of AT-EDM case names to (re)write, keeping every "
+                                   "other fixture as it is (no ToMe cases)")
+    args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else None
     t0 = time.time()
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}", flush=True)
-    if os.path.exists(OUT_ROOT):
-        shutil.rmtree(OUT_ROOT)
-    os.makedirs(OUT_ROOT)
+    if only is None:
+        if os.path.exists(OUT_ROOT):
+            shutil.rmtree(OUT_ROOT)
+        os.makedirs(OUT_ROOT)
     lines = []
     for name in MODELS:
         unet, inp, ref = load(name)
         out0 = forward(unet, inp)
-        d = (out0 - ref).abs().max().item()
-        assert d <= 1e-6, f"{name}: unpruned output differs from outputs.safetensors by {d}"
-        lines.append(f"{name}: unpruned vs committed outputs.safetensors max diff {d:.3g}")
+        # f32 sums in another SIMD order on another CPU move the output by a few 1e-6 of its
+        # largest value; the models and inputs themselves must be the committed ones.
+        d = (out0 - ref).abs().max().item() / ref.abs().max().item()
+        assert d <= 1e-5, f"{name}: unpruned output differs from outputs.safetensors by {d}"
+        lines.append(f"{name}: unpruned vs committed outputs.safetensors max diff {d:.3g} of max|ref|")
         lines.append("  stacks: " + ", ".join(
             f"{s}(L{lv},D{dp})" for s, _, lv, dp in ar.attention_stacks(unet)))
         sanity(name, unet, inp, out0, lines)
         for case, kw, io in CASES:
-            run_case(name, unet, inp, out0, case, kw, io, lines)
-    tome_all(lines)
+            if only is None or case in only:
+                run_case(name, unet, inp, out0, case, kw, io, lines)
+    if only is None:
+        tome_all(lines)
     print("\n".join(lines))
     print(f"total tests/fixtures/prune: {dir_size(OUT_ROOT):,} bytes; {time.time() - t0:.1f} s")
 

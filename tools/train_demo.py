@@ -45,6 +45,15 @@ What it does
 
 Work files (log, checkpoints every ~10 min, encoded pool) go to --work (default
 <out>-work); `--resume` continues from the last checkpoint there.
+
+Demo model v2 (issue 16, `--arch v2`: 4x VAE, SD-XL's level pattern with transformer depths
+2 and 10) is trained over several sessions on machines that do not outlast them. `--state DIR`
+keeps a small resumable state in the repository (tools/train_state/demo-v2: the finished VAE,
+the UNet's EMA weights in f16, state.json with steps, losses and resumes); a new machine
+resumes from it, and `--stop-after SECONDS` saves it and stops in time to commit:
+
+    python3 tools/train_demo.py --out /work/demo-v2 --arch v2 \
+        --state tools/train_state/demo-v2 --unet-steps 4000 --warmup 200 --stop-after 5000
 """
 
 import os
@@ -316,7 +325,8 @@ VAE_CONFIG = dict(
 # latent at 128 px; the UNet keeps SD-XL's level pattern (no attention at the first level,
 # transformer depths 2 and 10 at 16x16 = 256 and 8x8 = 64 tokens), so the transformer stacks
 # carry most of the FLOPs and AT-EDM's keep ratio for SD-XL's 4.1T FLOPs ratio (1.65x) exists
-# (atedm flops: full 2.7 GFLOPs/step, at most 2.01x with DSAP, 2.36x without).
+# (atedm flops at 128 px, 20 steps: full 2.94 GFLOPs/step; AT-EDM with DSAP reaches 1.58x at
+# keep 0.3 and at most 2.01x, without DSAP at most 2.36x).
 UNET_CONFIG_V2 = dict(
     UNET_CONFIG,
     sample_size=IMAGE_SIZE // 4,

@@ -21,7 +21,7 @@ use atedm::model::load::unet_config;
 use atedm::{DType, Error, Result};
 use clap::{Args, ValueEnum};
 
-use crate::cli::flops::{PruneArg, PruneArgs};
+use crate::cli::flops::{PruneArg, PruneArgs, RecoveryArg};
 
 /// `--variants` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -138,6 +138,7 @@ pub fn options(a: &BenchArgs) -> Result<BenchOptions> {
     let tome_args = PruneArgs {
         prune: PruneArg::Tome,
         keep_ratio: None,
+        recovery: RecoveryArg::AttnCopy,
         ..a.prune.clone()
     };
     let tome = if a.prune.merge_ratio.is_none() && a.prune.flops.is_none() {

@@ -13,7 +13,7 @@ use atedm::pipeline::job::model_name;
 use atedm::{DType, Error, Result};
 use clap::Args;
 
-use crate::cli::flops::OnOff;
+use crate::cli::flops::{OnOff, RecoveryArg};
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
@@ -40,6 +40,9 @@ pub struct EvalArgs {
     /// Which pruned methods to run beside the full model.
     #[arg(long, value_delimiter = ',', default_value = "atedm,tome")]
     pub methods: Vec<String>,
+    /// AT-EDM's recoveries to compare (each a variant; ToMe matches the first one's FLOPs).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "attn-copy")]
+    pub recovery: Vec<RecoveryArg>,
     /// AT-EDM's denoising-steps-aware pruning.
     #[arg(long, value_enum, default_value = "on")]
     pub dsap: OnOff,
@@ -74,6 +77,13 @@ fn variants(a: &EvalArgs, pipe: &SdxlPipeline, lh: usize, lw: usize) -> Result<V
         &a.keep_ratios,
         &methods,
         (a.dsap == OnOff::On).then_some(atedm::prune::settings::DEFAULT_TAU),
+        &a.recovery
+            .iter()
+            .map(|r| match r {
+                RecoveryArg::AttnCopy => atedm::Recovery::AttnCopy,
+                RecoveryArg::CosDelta => atedm::Recovery::CosDelta,
+            })
+            .collect::<Vec<_>>(),
     )
 }
 

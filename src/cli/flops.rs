@@ -7,7 +7,7 @@ use atedm::prune::budget::{named_budget_for, PruneTarget};
 use atedm::prune::flops::unet_flops;
 use atedm::prune::settings::describe_tome;
 use atedm::prune::tome::TomeSettings;
-use atedm::prune::{AtEdm, PruneMode, Pruning, Tome};
+use atedm::prune::{AtEdm, PruneMode, Pruning, Recovery, Tome};
 use atedm::{Error, Result};
 use clap::{Args, ValueEnum};
 
@@ -66,6 +66,18 @@ pub struct PruneArgs {
     /// DSAP's early fraction of the steps.
     #[arg(long, default_value_t = 0.25)]
     pub tau: f64,
+    /// AT-EDM: how pruned tokens get their output back: attn-copy (the paper's: copy the
+    /// kept token attended to most) or cos-delta (own state plus the update of the most
+    /// cosine-similar kept token).
+    #[arg(long, value_enum, default_value = "attn-copy")]
+    pub recovery: RecoveryArg,
+}
+
+/// `--recovery` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RecoveryArg {
+    AttnCopy,
+    CosDelta,
 }
 
 impl Default for PruneArgs {
@@ -84,6 +96,7 @@ impl Default for PruneArgs {
             prune_block: 0,
             dsap: OnOff::On,
             tau: 0.25,
+            recovery: RecoveryArg::AttnCopy,
         }
     }
 }
@@ -119,6 +132,13 @@ impl PruneArgs {
         } else if self.merge_ratio.is_some() || self.tome_merge.is_some() {
             return Err(Error::Invalid(
                 "--merge-ratio and --tome-merge are ToMe options: add --prune tome".into(),
+            ));
+        }
+        if self.recovery != RecoveryArg::AttnCopy
+            && !matches!(self.prune, PruneArg::Atedm | PruneArg::AtedmDagger)
+        {
+            return Err(Error::Invalid(
+                "--recovery is an AT-EDM option: add --prune atedm".into(),
             ));
         }
         let mode = match self.prune {
@@ -168,11 +188,15 @@ impl PruneArgs {
 
     /// AT-EDM with these flags' settings at `keep_ratio` (dagger with `--prune atedm-dagger`).
     pub fn atedm(&self, keep_ratio: f64) -> Result<AtEdm> {
-        AtEdm::new(keep_ratio)?
+        Ok(AtEdm::new(keep_ratio)?
             .with_gwpr_iters(self.gwpr_iters)?
             .with_prune_block(self.prune_block)
             .with_dagger(self.prune == PruneArg::AtedmDagger)
-            .with_dsap((self.dsap == OnOff::On).then_some(self.tau))
+            .with_dsap((self.dsap == OnOff::On).then_some(self.tau))?
+            .with_recovery(match self.recovery {
+                RecoveryArg::AttnCopy => Recovery::AttnCopy,
+                RecoveryArg::CosDelta => Recovery::CosDelta,
+            }))
     }
 
     /// ToMe's settings from these flags (`layers`: from `--tome-merge`; default attn1).
@@ -356,6 +380,7 @@ mod tests {
             prune_block: 0,
             dsap: OnOff::On,
             tau: 0.25,
+            recovery: RecoveryArg::AttnCopy,
         }
     }
 
@@ -393,6 +418,11 @@ mod tests {
             ..args(PruneArg::Atedm, None, None)
         })
         .contains("--prune tome"));
+        assert!(e(PruneArgs {
+            recovery: RecoveryArg::CosDelta,
+            ..args(PruneArg::Tome, None, None)
+        })
+        .contains("--prune atedm"));
         assert!(e(PruneArgs {
             merge_ratio: Some(1.5),
             ..args(PruneArg::Tome, None, None)

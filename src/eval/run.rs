@@ -15,7 +15,7 @@ use crate::prune::budget::tome_for_budget;
 use crate::prune::flops::unet_flops;
 use crate::prune::schedule::stacks;
 use crate::prune::tome::TomeSettings;
-use crate::prune::{AtEdm, Pruning};
+use crate::prune::{AtEdm, Pruning, Recovery};
 
 /// One configuration to evaluate.
 #[derive(Clone, Debug)]
@@ -218,8 +218,9 @@ pub enum Method {
 }
 
 /// The variants of a comparison: the full model first (the reference), then per keep ratio
-/// AT-EDM (DSAP with `dsap_tau`, or none) and ToMe at AT-EDM's FLOPs (its merge ratio and
-/// layers solved), as `methods` ask.
+/// AT-EDM (DSAP with `dsap_tau`, or none; each of `recoveries`) and ToMe at the FLOPs of the
+/// first of them (its merge ratio and layers solved), as `methods` ask.
+#[allow(clippy::too_many_arguments)]
 pub fn comparison_variants(
     cfg: &UNetConfig,
     lh: usize,
@@ -228,21 +229,34 @@ pub fn comparison_variants(
     keep_ratios: &[f64],
     methods: &[Method],
     dsap_tau: Option<f64>,
+    recoveries: &[Recovery],
 ) -> Result<Vec<Variant>> {
     let mut out = vec![Variant {
         name: "full".into(),
         describe: Pruning::None.describe(),
         prune: Pruning::None,
     }];
+    let recoveries = if recoveries.is_empty() {
+        &[Recovery::AttnCopy][..]
+    } else {
+        recoveries
+    };
     for &k in keep_ratios {
-        let at = Pruning::AtEdm(AtEdm::new(k)?.with_dsap(dsap_tau)?);
+        let base = AtEdm::new(k)?.with_dsap(dsap_tau)?;
+        let at = Pruning::AtEdm(base.with_recovery(recoveries[0]));
         at.check_stacks(&stacks(cfg, lh, lw))?;
         if methods.contains(&Method::AtEdm) {
-            out.push(Variant {
-                name: format!("AT-EDM {k}"),
-                describe: at.describe(),
-                prune: at.clone(),
-            });
+            for &r in recoveries {
+                let v = Pruning::AtEdm(base.with_recovery(r));
+                out.push(Variant {
+                    name: match r {
+                        Recovery::AttnCopy => format!("AT-EDM {k}"),
+                        r => format!("AT-EDM {k} {}", r.name()),
+                    },
+                    describe: v.describe(),
+                    prune: v,
+                });
+            }
         }
         if methods.contains(&Method::Tome) {
             let budget = unet_flops(cfg, lh, lw, steps, &at)?.model;

@@ -133,13 +133,10 @@ impl GpuContext {
         }
         let max_wg = self.limits.max_compute_workgroups_per_dimension;
         if workgroups.iter().any(|&w| w > max_wg) {
-            return Err(Error::TooLarge {
-                op,
-                tensor: format!("dispatch grid {workgroups:?}"),
-                bytes: *workgroups.iter().max().unwrap() as u64,
-                limit_name: "max_compute_workgroups_per_dimension",
-                limit: max_wg as u64,
-            });
+            return Err(Error::Unsupported(format!(
+                "{op}: a dispatch of {workgroups:?} workgroups exceeds the adapter's \
+                 max_compute_workgroups_per_dimension of {max_wg}"
+            )));
         }
         if workgroups.contains(&0) {
             return Ok(());

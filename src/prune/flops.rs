@@ -10,8 +10,9 @@
 
 use crate::error::{Error, Result};
 use crate::model::config::UNetConfig;
-use crate::prune::schedule::{stacks, PruneSchedule, Stack, StackAction};
+use crate::prune::schedule::{stacks, PruneSchedule, Stack, StackAction, StackPrune};
 use crate::prune::settings::Pruning;
+use crate::prune::settings::Recovery;
 use crate::prune::tome::{grid_roles, merged_count, TomeSettings};
 
 /// Text context length (CLIP's 77 positions).
@@ -54,21 +55,29 @@ fn tome_stack_macs(s: &Stack, cc: u64, t: &TomeSettings) -> (u64, u64) {
     )
 }
 
-/// FLOPs of one forward at one step; `(model, overhead)`.
-fn stack_macs(s: &Stack, cc: u64, kept: Option<u64>, p: usize, iters: usize) -> (u64, u64) {
+/// A stack's multiply-adds at one forward, unpruned (`None`) or pruned as `Some(action)`;
+/// `(model, overhead)`.
+fn stack_macs(s: &Stack, cc: u64, pruned: Option<&StackPrune>) -> (u64, u64) {
     let (n, c) = (s.tokens, s.channels);
     let proj_in = n * c * c;
-    match kept {
+    match pruned {
         None => (
             proj_in + s.depth as u64 * block_macs(n, c, cc) + n * c * c,
             0,
         ),
-        Some(k) => {
+        Some(a) => {
+            let (k, p) = (a.keep as u64, a.block);
             let full = (p + 1) as u64 * block_macs(n, c, cc);
             let pruned = (s.depth - p - 1) as u64 * block_macs(k, c, cc);
             // Head-mean map as an extra Q K^T over all heads; G-WPR: T products of an n x n map.
-            let overhead = n * n * c + iters as u64 * n * n;
-            (proj_in + full + pruned + k * c * c, overhead)
+            let overhead = n * n * c + a.iters as u64 * n * n;
+            match a.recovery {
+                // proj_out on the kept rows; the copy is free.
+                Recovery::AttnCopy => (proj_in + full + pruned + k * c * c, overhead),
+                // proj_out on every row; the cosine similarity of every token with every kept
+                // token (N x k x C, with the kept rows' norms) is overhead.
+                Recovery::CosDelta => (proj_in + full + pruned + n * c * c, overhead + n * k * c),
+            }
         }
     }
 }
@@ -236,8 +245,8 @@ pub fn schedule_flops(
 /// `(model, overhead)` multiply-adds of one stack doing `action`.
 fn action_macs(s: &Stack, cc: u64, action: &StackAction) -> (u64, u64) {
     match action {
-        StackAction::Full => stack_macs(s, cc, None, 0, 0),
-        StackAction::AtEdm(p) => stack_macs(s, cc, Some(p.keep as u64), p.block, p.iters),
+        StackAction::Full => stack_macs(s, cc, None),
+        StackAction::AtEdm(p) => stack_macs(s, cc, Some(p)),
         StackAction::Tome(t) => tome_stack_macs(s, cc, t),
     }
 }
@@ -245,7 +254,7 @@ fn action_macs(s: &Stack, cc: u64, action: &StackAction) -> (u64, u64) {
 fn step_full(cfg: &UNetConfig, lh: usize, lw: usize, base: u64, cc: u64) -> f64 {
     let stacks_macs: u64 = stacks(cfg, lh, lw)
         .iter()
-        .map(|s| stack_macs(s, cc, None, 0, 0).0)
+        .map(|s| stack_macs(s, cc, None).0)
         .sum();
     2.0 * (base + stacks_macs) as f64
 }

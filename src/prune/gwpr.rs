@@ -14,6 +14,7 @@ const GWPR_STEP: Kernel = SHADER.kernel("gwpr_step");
 const TOPK_FLAGS: Kernel = SHADER.kernel("topk_flags");
 const TOPK_COMPACT: Kernel = SHADER.kernel("topk_compact");
 const RECOVER_INDEX: Kernel = SHADER.kernel("recover_index");
+const COS_RECOVER_INDEX: Kernel = SHADER.kernel("cos_recover_index");
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -21,7 +22,8 @@ struct PruneParams {
     n: u32,
     batch: u32,
     k: u32,
-    _pad: u32,
+    /// Channels (`cos_recover_index` only).
+    c: u32,
 }
 
 fn map_dims(op: &'static str, map: &Tensor) -> Result<(usize, usize)> {
@@ -41,7 +43,7 @@ fn params(op: &'static str, b: usize, n: usize, k: usize) -> Result<PruneParams>
         n: dim32(op, n)?,
         batch: dim32(op, b)?,
         k: dim32(op, k)?,
-        _pad: 0,
+        c: 0,
     })
 }
 
@@ -147,6 +149,80 @@ pub fn recover_index(ctx: &GpuContext, map: &Tensor, kept: &Tensor) -> Result<Te
         grid,
     )?;
     Ok(out)
+}
+
+/// The recovery index of recovery [`Recovery::CosDelta`](crate::prune::Recovery::CosDelta):
+/// for every token of `h [B, N, C]` (the states after the pruning block), the position in
+/// `kept [B, k]` of the kept token whose state is most cosine-similar to its own (itself when
+/// kept; ties: the lower position). `[B, N]` u32.
+pub fn cos_recover_index(ctx: &GpuContext, h: &Tensor, kept: &Tensor) -> Result<Tensor> {
+    const OP: &str = "cos_recover_index";
+    float_dtype(OP, &[("h", h)])?;
+    let hs = h.shape();
+    let ks = kept.shape();
+    if hs.len() != 3 {
+        return Err(Error::shape(OP, format!("h must be [B, N, C], got {hs:?}")));
+    }
+    let (b, n, c) = (hs[0], hs[1], hs[2]);
+    if kept.dtype() != DType::U32 || ks.len() != 2 || ks[0] != b || ks[1] == 0 || ks[1] > n {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "kept must be u32 [{b}, k <= {n}], got {ks:?} {}",
+                kept.dtype()
+            ),
+        ));
+    }
+    let p = PruneParams {
+        c: dim32(OP, c)?,
+        ..params(OP, b, n, ks[1])?
+    };
+    let out = Tensor::empty(ctx, &[b, n], DType::U32)?;
+    let grid = ctx.grid((b * n).div_ceil(64) as u64);
+    ctx.dispatch(
+        OP,
+        &COS_RECOVER_INDEX,
+        h.dtype(),
+        bytemuck::bytes_of(&p),
+        &[("h", h), ("kept", kept), ("out", &out)],
+        grid,
+    )?;
+    Ok(out)
+}
+
+/// CPU reference of [`cos_recover_index`] (f64 sums).
+pub fn cpu_cos_recover_index(
+    h: &[f32],
+    b: usize,
+    n: usize,
+    c: usize,
+    kept: &[u32],
+    k: usize,
+) -> Vec<u32> {
+    let mut out = Vec::with_capacity(b * n);
+    for bi in 0..b {
+        let kb = &kept[bi * k..(bi + 1) * k];
+        let row = |i: usize| &h[(bi * n + i) * c..(bi * n + i + 1) * c];
+        for i in 0..n {
+            if let Some(q) = kb.iter().position(|&j| j as usize == i) {
+                out.push(q as u32);
+                continue;
+            }
+            let (mut best, mut best_v) = (0u32, f64::NEG_INFINITY);
+            for (q, &j) in kb.iter().enumerate() {
+                let (hi, hj) = (row(i), row(j as usize));
+                let dot: f64 = hi.iter().zip(hj).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let nn: f64 = hj.iter().map(|v| *v as f64 * *v as f64).sum();
+                let v = if nn > 0.0 { dot / nn.sqrt() } else { 0.0 };
+                if v > best_v {
+                    best_v = v;
+                    best = q as u32;
+                }
+            }
+            out.push(best);
+        }
+    }
+    out
 }
 
 /// CPU reference of [`gwpr`] (f64 sums).

@@ -11,7 +11,7 @@ pub mod settings;
 pub mod tome;
 
 pub use schedule::{PruneSchedule, Stack, StackAction, StackPrune};
-pub use settings::{AtEdm, PruneMode, Pruning, Tome};
+pub use settings::{AtEdm, PruneMode, Pruning, Recovery, Tome};
 
 /// The WGSL kernel families of pruning (G-WPR/top-k/recovery, ToMe).
 pub fn shader_families() -> Vec<&'static crate::gpu::ShaderFamily> {

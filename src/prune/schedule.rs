@@ -12,7 +12,7 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::model::config::{DownKind, UNetConfig, UpKind};
-use crate::prune::settings::{AtEdm, Pruning};
+use crate::prune::settings::{AtEdm, Pruning, Recovery};
 use crate::prune::tome::TomeSettings;
 
 /// One `Transformer2DModel` of the UNet.
@@ -98,6 +98,8 @@ pub struct StackPrune {
     pub iters: usize,
     /// Pruning block p (below the stack's depth - 1).
     pub block: usize,
+    /// How pruned tokens get their output back.
+    pub recovery: Recovery,
 }
 
 /// What one stack does at one step.
@@ -220,6 +222,7 @@ impl PruneSchedule for Pruning {
                     keep: kept_tokens(stack.tokens, a.keep_ratio()) as usize,
                     iters: a.gwpr_iters(),
                     block: a.prune_block(),
+                    recovery: a.recovery(),
                 })
             }
             Pruning::AtEdm(_) => StackAction::Full,
@@ -272,6 +275,7 @@ mod tests {
             keep: 1,
             iters: 1,
             block: 0,
+            recovery: Recovery::AttnCopy,
         };
         assert!(StackAction::AtEdm(ok).check(s).is_ok());
         for bad in [

@@ -50,9 +50,31 @@ impl PruneMode {
     }
 }
 
+/// How a pruned token gets its output back at the end of a stack (docs/pruning.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recovery {
+    /// The paper's rule: a pruned token copies the output of the kept token it attends to most
+    /// in block p's head-mean map.
+    #[default]
+    AttnCopy,
+    /// A pruned token keeps its own state after block p plus the update that the later blocks
+    /// gave the kept token most cosine-similar to it there; `proj_out` then runs on every token.
+    CosDelta,
+}
+
+impl Recovery {
+    /// The command-line name: `attn-copy` or `cos-delta`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Recovery::AttnCopy => "attn-copy",
+            Recovery::CosDelta => "cos-delta",
+        }
+    }
+}
+
 /// AT-EDM's parameters: the keep ratio after the pruning block, G-WPR iterations, the pruning
-/// block, the dagger variant and DSAP. Built with [`AtEdm::new`] and the `with_*` methods,
-/// each of which validates its value.
+/// block, the dagger variant, DSAP and the recovery. Built with [`AtEdm::new`] and the `with_*`
+/// methods, each of which validates its value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AtEdm {
     keep_ratio: f64,
@@ -60,6 +82,7 @@ pub struct AtEdm {
     prune_block: usize,
     dagger: bool,
     dsap_tau: Option<f64>,
+    recovery: Recovery,
 }
 
 impl AtEdm {
@@ -73,6 +96,7 @@ impl AtEdm {
             prune_block: 0,
             dagger: false,
             dsap_tau: Some(DEFAULT_TAU),
+            recovery: Recovery::AttnCopy,
         })
     }
 
@@ -117,6 +141,16 @@ impl AtEdm {
             dsap_tau: tau,
             ..self
         })
+    }
+
+    /// How pruned tokens are recovered (default: the paper's [`Recovery::AttnCopy`]).
+    pub fn with_recovery(self, recovery: Recovery) -> Self {
+        AtEdm { recovery, ..self }
+    }
+
+    /// How pruned tokens are recovered.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
     }
 
     /// Fraction of tokens kept after the pruning block.
@@ -276,7 +310,7 @@ impl Pruning {
             Pruning::None => "none".into(),
             Pruning::Tome(t) => format!("{}{how}", describe_tome(t.settings())),
             Pruning::AtEdm(a) => format!(
-                "{}, keep ratio {:.4}{how}, G-WPR T={}, pruning block {}, DSAP {}",
+                "{}, keep ratio {:.4}{how}, G-WPR T={}, pruning block {}, DSAP {}{}",
                 if a.dagger { "AT-EDM-dagger" } else { "AT-EDM" },
                 a.keep_ratio,
                 a.gwpr_iters,
@@ -284,6 +318,10 @@ impl Pruning {
                 match a.dsap_tau {
                     Some(tau) => format!("on (tau {tau})"),
                     None => "off".into(),
+                },
+                match a.recovery {
+                    Recovery::AttnCopy => String::new(),
+                    r => format!(", recovery {}", r.name()),
                 }
             ),
             Pruning::Custom(s) => format!("custom schedule: {}", s.describe()),

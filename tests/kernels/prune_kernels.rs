@@ -60,6 +60,57 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+    /// Recovery cos-delta's index: the most cosine-similar kept token, against the f64 CPU
+    /// reference. Kept tokens must map to themselves exactly; a pruned token may pick another
+    /// kept token only where its cosine is within 1e-5 of the best (f32 sums against f64:
+    /// near ties may break either way).
+    #[test]
+    fn cos_recover_index_matches_cpu(b in 1usize..3, n in 1usize..50, c in 1usize..40,
+                                     kf in 0.0f64..1.0, seed in any::<u64>()) {
+        let k = ((kf * n as f64) as usize).clamp(1, n);
+        let mut r = rng(seed);
+        for dtype in DTYPES {
+            let h = round_to(dtype, &rand_vec(&mut r, b * n * c, 1.0));
+            let h_t = upload(&h, &[b, n, c], dtype);
+            // k kept tokens per row: the first k of a seeded shuffle, ascending.
+            let mut kept = Vec::with_capacity(b * k);
+            for _ in 0..b {
+                let mut idx: Vec<u32> = (0..n as u32).collect();
+                rand::seq::SliceRandom::shuffle(&mut idx[..], &mut r);
+                let mut row = idx[..k].to_vec();
+                row.sort_unstable();
+                kept.extend(row);
+            }
+            let kept_t = Tensor::from_u32(ctx(), &kept, &[b, k]).unwrap();
+            let got = gwpr::cos_recover_index(ctx(), &h_t, &kept_t)
+                .unwrap()
+                .to_u32_vec(ctx())
+                .unwrap();
+            let want = gwpr::cpu_cos_recover_index(&h, b, n, c, &kept, k);
+            let cos = |bi: usize, i: usize, q: u32| {
+                let row = |t: usize| &h[(bi * n + t) * c..(bi * n + t + 1) * c];
+                let (x, y) = (row(i), row(kept[bi * k + q as usize] as usize));
+                let dot: f64 = x.iter().zip(y).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let nn: f64 = y.iter().map(|v| *v as f64 * *v as f64).sum();
+                let nx: f64 = x.iter().map(|v| *v as f64 * *v as f64).sum();
+                if nn > 0.0 && nx > 0.0 { dot / (nn * nx).sqrt() } else { 0.0 }
+            };
+            for t in 0..b * n {
+                let (bi, i) = (t / n, t % n);
+                if kept[bi * k..(bi + 1) * k].contains(&(i as u32)) || got[t] == want[t] {
+                    prop_assert_eq!(got[t], want[t], "kept token {} of row {}", i, bi);
+                    continue;
+                }
+                let (g, w) = (cos(bi, i, got[t]), cos(bi, i, want[t]));
+                prop_assert!(g >= w - 1e-5, "token {} of row {}: cos {} vs best {}", i, bi, g, w);
+            }
+        }
+    }
+}
+
 #[test]
 fn ties_go_to_the_lower_index() {
     let c = ctx();

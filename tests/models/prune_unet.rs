@@ -10,7 +10,7 @@ use atedm::model::load::load_unet;
 use atedm::model::unet::{PruneStep, UNetInputs};
 use atedm::model::weights::read_all_f32;
 use atedm::prune::schedule::stacks;
-use atedm::prune::{AtEdm, Pruning};
+use atedm::prune::{AtEdm, Pruning, Recovery};
 use atedm::{DType, Tensor};
 
 #[test]
@@ -46,7 +46,12 @@ fn pruned_unet_matches_the_reference() {
                         .unwrap()
                         .then(|| s["tau"].as_f64().unwrap()),
                 )
-                .unwrap(),
+                .unwrap()
+                .with_recovery(match s["recovery"].as_str().unwrap_or("attn-copy") {
+                    "attn-copy" => Recovery::AttnCopy,
+                    "cos-delta" => Recovery::CosDelta,
+                    other => panic!("{name}: unknown recovery {other}"),
+                }),
         );
         let step = PruneStep::new(
             &pruning,
@@ -170,6 +175,7 @@ fn bad_pruning_requests_are_errors() {
                 keep: s.tokens as usize + 1,
                 iters: 5,
                 block: 0,
+                recovery: atedm::Recovery::AttnCopy,
             })
         }
     }
@@ -201,6 +207,7 @@ fn a_custom_schedule_prunes_the_stacks_it_names() {
                     keep: atedm::prune::schedule::kept_tokens(s.tokens, 0.5) as usize,
                     iters: 5,
                     block: 0,
+                    recovery: atedm::Recovery::AttnCopy,
                 })
             } else {
                 atedm::StackAction::Full

@@ -6,10 +6,12 @@ use crate::gpu::GpuContext;
 use crate::model::config::UNetConfig;
 use crate::model::weights::WeightLoader;
 use crate::nn::{GroupNorm, Linear};
-use crate::ops::{elementwise, gather, layout};
+use crate::ops::elementwise::{self, BinaryOp};
+use crate::ops::{gather, layout};
 use crate::prune::gwpr;
 use crate::prune::schedule::StackPrune;
 use crate::prune::tome::{self, TomeSettings};
+use crate::prune::Recovery;
 use crate::tensor::Tensor;
 
 use super::attention::{AttentionMap, BasicTransformerBlock};
@@ -66,9 +68,12 @@ impl Transformer2DModel {
     }
 
     /// `x [B, C, H, W]` -> `[B, C, H, W]` (with the residual `x`). With `prune`, AT-EDM as
-    /// docs/pruning.md defines it: block p's head-mean self-attention map gives G-WPR scores and the
-    /// kept tokens; blocks after p and `proj_out` run on the kept tokens only; every pruned
-    /// token then copies the output of the kept token it attended to most.
+    /// docs/pruning.md defines it: block p's head-mean self-attention map gives G-WPR scores and
+    /// the kept tokens; blocks after p run on the kept tokens only. Recovery
+    /// [`Recovery::AttnCopy`]: `proj_out` on the kept rows, and every pruned token copies the
+    /// output of the kept token it attended to most. [`Recovery::CosDelta`]: every pruned token
+    /// keeps its state after block p plus the update of its most cosine-similar kept token,
+    /// and `proj_out` runs on all tokens.
     pub(crate) fn forward(
         &self,
         ctx: &GpuContext,
@@ -117,16 +122,47 @@ impl Transformer2DModel {
                 let _scope = ctx.profile_scope("atedm");
                 let scores = gwpr::gwpr(ctx, &map, p.iters)?;
                 let kept = gwpr::top_k(ctx, &scores, p.keep)?;
-                recover = Some(gwpr::recover_index(ctx, &map, &kept)?);
-                h = gather::gather_rows(ctx, &h, &kept)?;
+                let kept_h = gather::gather_rows(ctx, &h, &kept)?;
+                recover = Some(match p.recovery {
+                    Recovery::AttnCopy => Recover::Copy(gwpr::recover_index(ctx, &map, &kept)?),
+                    Recovery::CosDelta => Recover::Delta {
+                        index: gwpr::cos_recover_index(ctx, &h, &kept)?,
+                        all: h,
+                        kept: kept.clone(),
+                        kept_before: kept_h.clone(),
+                    },
+                });
+                h = kept_h;
                 record = Some(StackRecord { kept, scores });
             }
         }
-        let mut h = self.proj_out.forward(ctx, &h, None)?;
-        if let Some(r) = &recover {
-            let _scope = ctx.profile_scope("atedm");
-            h = gather::gather_rows(ctx, &h, r)?;
-        }
+        let h = match recover {
+            None => self.proj_out.forward(ctx, &h, None)?,
+            Some(Recover::Copy(index)) => {
+                let h = self.proj_out.forward(ctx, &h, None)?;
+                let _scope = ctx.profile_scope("atedm");
+                gather::gather_rows(ctx, &h, &index)?
+            }
+            Some(Recover::Delta {
+                index,
+                all,
+                kept,
+                kept_before,
+            }) => {
+                let full = {
+                    let _scope = ctx.profile_scope("atedm");
+                    // Each token's own state plus its nearest kept token's update; the kept
+                    // rows then get their updated states exactly.
+                    let update = elementwise::binary(ctx, &h, &kept_before, BinaryOp::Sub)?;
+                    let update = gather::gather_rows(ctx, &update, &index)?;
+                    let full =
+                        elementwise::binary(ctx, &all, &update, BinaryOp::Add { alpha: 1.0 })?;
+                    gather::scatter_rows(ctx, &full, &kept, &h)?;
+                    full
+                };
+                self.proj_out.forward(ctx, &full, None)?
+            }
+        };
         let h = layout::transpose_last2(ctx, &h)?.reshape(s)?;
         Ok(StackOutput {
             output: elementwise::add(ctx, &h, x)?,
@@ -134,6 +170,20 @@ impl Transformer2DModel {
             merges,
         })
     }
+}
+
+/// How the pruned tokens of a stack get their output back (see [`Recovery`]).
+enum Recover {
+    /// Copy the output row at these positions of the kept rows, `[B, N]`.
+    Copy(Tensor),
+    /// Cos-delta: `all` (every token after block p) plus the update of the kept row at
+    /// `index` (`[B, N]`), the update being the later blocks' output minus `kept_before`.
+    Delta {
+        index: Tensor,
+        all: Tensor,
+        kept: Tensor,
+        kept_before: Tensor,
+    },
 }
 
 /// What runs in one stack at this forward.
