@@ -196,55 +196,18 @@ def topk_kept(scores, k):
     return torch.from_numpy(np.stack(kept)).long(), gaps
 
 
-def recovery_map(A, kept):
-    """r [B,N] int64 (token index), pos [B,N] (position inside K) and near-tie counts."""
-    B, N, _ = A.shape
-    k = kept.shape[1]
+def _pick_kept(score_rows, kept):
+    """From score_rows(b) -> [N,k] scores of every token against the kept tokens of batch row
+    b: r [B,N] int64 (token index), pos [B,N] (position inside K; first maximum = lowest index,
+    since K is ascending) and near-tie diagnostics. A kept token maps to itself."""
+    B, k = kept.shape
+    N = score_rows(0).shape[0]
     r = torch.empty((B, N), dtype=torch.long)
     pos = torch.empty((B, N), dtype=torch.long)
     ties, min_gap = [], []
     for b in range(B):
         Kb = kept[b]
-        is_kept = torch.zeros(N, dtype=torch.bool)
-        is_kept[Kb] = True
-        where = torch.full((N,), -1, dtype=torch.long)
-        where[Kb] = torch.arange(k)
-        sub = A[b][:, Kb].numpy()  # [N,k]
-        am = np.argmax(sub, axis=1)  # first maximum = lowest index (K ascending)
-        nt, mg = 0, float("inf")
-        for i in range(N):
-            if is_kept[i]:
-                r[b, i] = i
-                pos[b, i] = where[i]
-            else:
-                r[b, i] = Kb[am[i]]
-                pos[b, i] = int(am[i])
-                if k > 1:
-                    row = np.sort(sub[i])[::-1]
-                    g = (row[0] - row[1]) / abs(row[0])
-                    mg = min(mg, float(g))
-                    nt += int(g < NEAR_TIE_REL)
-        ties.append(nt)
-        min_gap.append(mg if mg != float("inf") else None)
-    return r, pos, ties, min_gap
-
-
-def cosine_recovery_map(h, kept):
-    """Recovery cos-delta: r [B,N] int64 (token index), pos [B,N] (position inside K) and
-    near-tie diagnostics, from the states h [B,N,C] after block p (float64 sums)."""
-    B, N, _ = h.shape
-    k = kept.shape[1]
-    r = torch.empty((B, N), dtype=torch.long)
-    pos = torch.empty((B, N), dtype=torch.long)
-    ties, min_gap = [], []
-    for b in range(B):
-        Kb = kept[b]
-        hb = h[b].double().numpy()
-        hk = hb[Kb.numpy()]                                   # [k,C]
-        norms = np.sqrt((hk * hk).sum(axis=1))
-        dots = hb @ hk.T                                      # [N,k]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sub = np.where(norms > 0, dots / norms, 0.0)
+        sub = score_rows(b)
         am = np.argmax(sub, axis=1)
         where = {int(j): m for m, j in enumerate(Kb.tolist())}
         nt, mg = 0, float("inf")
@@ -263,6 +226,25 @@ def cosine_recovery_map(h, kept):
         ties.append(nt)
         min_gap.append(mg if mg != float("inf") else None)
     return r, pos, ties, min_gap
+
+
+def recovery_map(A, kept):
+    """attn-copy: r [B,N] int64 (token index), pos [B,N] (position inside K) and near-tie
+    counts, from the head-mean map A [B,N,N]."""
+    return _pick_kept(lambda b: A[b][:, kept[b]].numpy(), kept)
+
+
+def cosine_recovery_map(h, kept):
+    """cos-delta: r, pos and near-tie diagnostics from the states h [B,N,C] after block p
+    (float64 sums; cos = dot / |h[K[m]]|, the |h[i]| factor being common; a zero-norm kept
+    state scores 0)."""
+    def rows(b):
+        hb = h[b].double().numpy()
+        hk = hb[kept[b].numpy()]
+        norms = np.sqrt((hk * hk).sum(axis=1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(norms > 0, (hb @ hk.T) / norms, 0.0)
+    return _pick_kept(rows, kept)
 
 
 # ---------------------------------------------------------------------------

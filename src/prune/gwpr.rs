@@ -38,6 +38,21 @@ fn map_dims(op: &'static str, map: &Tensor) -> Result<(usize, usize)> {
     Ok((s[0], s[1]))
 }
 
+/// Checks kept indices `[b, k]` (u32, 1 <= k <= n) and returns k.
+fn kept_count(op: &'static str, kept: &Tensor, b: usize, n: usize) -> Result<usize> {
+    let ks = kept.shape();
+    if kept.dtype() != DType::U32 || ks.len() != 2 || ks[0] != b || ks[1] == 0 || ks[1] > n {
+        return Err(Error::shape(
+            op,
+            format!(
+                "kept must be u32 [{b}, k <= {n}], got {ks:?} {}",
+                kept.dtype()
+            ),
+        ));
+    }
+    Ok(ks[1])
+}
+
 fn params(op: &'static str, b: usize, n: usize, k: usize) -> Result<PruneParams> {
     Ok(PruneParams {
         n: dim32(op, n)?,
@@ -127,17 +142,8 @@ pub(crate) fn top_k_flags(ctx: &GpuContext, scores: &Tensor, k: usize) -> Result
 pub fn recover_index(ctx: &GpuContext, map: &Tensor, kept: &Tensor) -> Result<Tensor> {
     const OP: &str = "recover_index";
     let (b, n) = map_dims(OP, map)?;
-    let ks = kept.shape();
-    if kept.dtype() != DType::U32 || ks.len() != 2 || ks[0] != b || ks[1] == 0 || ks[1] > n {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "kept must be u32 [{b}, k <= {n}], got {ks:?} {}",
-                kept.dtype()
-            ),
-        ));
-    }
-    let p = params(OP, b, n, ks[1])?;
+    let k = kept_count(OP, kept, b, n)?;
+    let p = params(OP, b, n, k)?;
     let out = Tensor::empty(ctx, &[b, n], DType::U32)?;
     let grid = ctx.grid((b * n).div_ceil(64) as u64);
     ctx.dispatch(
@@ -159,23 +165,14 @@ pub fn cos_recover_index(ctx: &GpuContext, h: &Tensor, kept: &Tensor) -> Result<
     const OP: &str = "cos_recover_index";
     float_dtype(OP, &[("h", h)])?;
     let hs = h.shape();
-    let ks = kept.shape();
     if hs.len() != 3 {
         return Err(Error::shape(OP, format!("h must be [B, N, C], got {hs:?}")));
     }
     let (b, n, c) = (hs[0], hs[1], hs[2]);
-    if kept.dtype() != DType::U32 || ks.len() != 2 || ks[0] != b || ks[1] == 0 || ks[1] > n {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "kept must be u32 [{b}, k <= {n}], got {ks:?} {}",
-                kept.dtype()
-            ),
-        ));
-    }
+    let k = kept_count(OP, kept, b, n)?;
     let p = PruneParams {
         c: dim32(OP, c)?,
-        ..params(OP, b, n, ks[1])?
+        ..params(OP, b, n, k)?
     };
     let out = Tensor::empty(ctx, &[b, n], DType::U32)?;
     let grid = ctx.grid((b * n).div_ceil(64) as u64);
