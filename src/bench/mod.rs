@@ -302,8 +302,9 @@ impl BenchModel {
     }
 }
 
-/// The image size, defaulting to 1024 on a GPU and 256 on a CPU adapter.
-fn image_size(ctx: &GpuContext, a: &BenchOptions) -> (usize, usize) {
+/// The bench's image size: `a.width`/`a.height`, defaulting to 1024 on a GPU and 256 on a CPU
+/// adapter.
+pub fn image_size(ctx: &GpuContext, a: &BenchOptions) -> (usize, usize) {
     let default_size = if ctx.is_cpu_adapter() { 256 } else { 1024 };
     (
         a.width.unwrap_or(default_size),

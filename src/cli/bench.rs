@@ -194,7 +194,7 @@ pub fn run(ctx: &GpuContext, a: &BenchArgs) -> Result<()> {
     let opts = options(a)?;
     if a.plan_memory {
         let out = plan_memory(ctx, &opts)?;
-        let (width, height) = out_size(ctx, a);
+        let (width, height) = atedm::bench::image_size(ctx, &opts);
         println!(
             "planned peak GPU memory of one UNet step, {width}x{height}, batch {}, {} (allocation plan: nothing run or allocated)",
             a.batch,
@@ -277,15 +277,6 @@ pub fn run(ctx: &GpuContext, a: &BenchArgs) -> Result<()> {
         write_json(path, &doc)?;
     }
     Ok(())
-}
-
-/// The bench size as the library resolves it (for the plan's header).
-fn out_size(ctx: &GpuContext, a: &BenchArgs) -> (usize, usize) {
-    let default_size = if ctx.is_cpu_adapter() { 256 } else { 1024 };
-    (
-        a.width.unwrap_or(default_size),
-        a.height.or(a.width).unwrap_or(default_size),
-    )
 }
 
 fn print_report(a: &BenchArgs, r: &BenchReport) {

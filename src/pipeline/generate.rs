@@ -126,17 +126,23 @@ impl SdxlPipeline {
         })
     }
 
-    fn check_request(&self, req: &GenerateRequest) -> Result<()> {
+    /// Checks an image size and step count for this model: positive multiples of
+    /// [`SdxlPipeline::size_multiple`], at least one step.
+    pub fn check_size_and_steps(&self, width: usize, height: usize, steps: usize) -> Result<()> {
         let m = self.size_multiple();
-        if req.width == 0 || req.height == 0 || req.width % m != 0 || req.height % m != 0 {
+        if width == 0 || height == 0 || width % m != 0 || height % m != 0 {
             return Err(Error::Invalid(format!(
-                "image size {}x{} is not a positive multiple of {m} (VAE x UNet downsampling of this model)",
-                req.width, req.height
+                "image size {width}x{height} is not a positive multiple of {m} (VAE x UNet downsampling of this model)"
             )));
         }
-        if req.steps == 0 {
+        if steps == 0 {
             return Err(Error::Invalid("steps must be at least 1".into()));
         }
+        Ok(())
+    }
+
+    fn check_request(&self, req: &GenerateRequest) -> Result<()> {
+        self.check_size_and_steps(req.width, req.height, req.steps)?;
         if !req.guidance.is_finite() || req.guidance < 0.0 {
             return Err(Error::Invalid(format!(
                 "guidance must be a finite number >= 0, got {}",

@@ -153,15 +153,7 @@ pub fn run_job(
     let native = pipe.native_size();
     let (width, height) = (job.width.unwrap_or(native), job.height.unwrap_or(native));
     let steps = job.steps.unwrap_or(pipe.default_steps());
-    if steps == 0 {
-        return Err(Error::Invalid("steps must be at least 1".into()));
-    }
-    let m = pipe.size_multiple();
-    if width == 0 || height == 0 || width % m != 0 || height % m != 0 {
-        return Err(Error::Invalid(format!(
-            "image size {width}x{height} is not a positive multiple of {m} (VAE x UNet downsampling of this model)"
-        )));
-    }
+    pipe.check_size_and_steps(width, height, steps)?;
     let prune = job
         .prune
         .resolve(&pipe.unet.config, height / down, width / down, steps)?;

@@ -95,19 +95,11 @@ fn build_clip(
     what: &str,
 ) -> Result<ClipTextModel> {
     let mut l = WeightLoader::new(ctx, store, dtype);
-    // Some exports carry transformers' position_ids buffer: not a weight.
-    l.ignore_prefix("text_model.embeddings.position_ids");
     let model = ClipTextModel::build(cfg, &mut l, kind)
         .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
     l.finish()
         .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
     Ok(model)
-}
-
-fn load_clip(ctx: &GpuContext, dir: &Path, dtype: DType, kind: ClipKind) -> Result<ClipTextModel> {
-    let cfg = ClipTextConfig::from_file(dir)?;
-    let store = WeightStore::open_diffusers(dir, "model", dtype == DType::F16)?;
-    build_clip(ctx, &cfg, &store, dtype, kind, &dir.display().to_string())
 }
 
 /// The VAE's compute dtype: `opts.vae_dtype`, else f32 when the config asks for upcasting.
@@ -209,13 +201,13 @@ impl SdxlPipeline {
         }
         let tokenizer = ClipTokenizer::from_dir(&part(path, "tokenizer")?, Padding::Eos)?;
         let tokenizer_2 = ClipTokenizer::from_dir(&part(path, "tokenizer_2")?, Padding::BANG)?;
-        let text_encoder = load_clip(
+        let text_encoder = ClipTextModel::load(
             ctx,
             &part(path, "text_encoder")?,
             opts.dtype,
             ClipKind::TextModel,
         )?;
-        let text_encoder_2 = load_clip(
+        let text_encoder_2 = ClipTextModel::load(
             ctx,
             &part(path, "text_encoder_2")?,
             opts.dtype,

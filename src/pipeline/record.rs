@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::model::config::UNetConfig;
 use crate::pipeline::dump::{RunInfo, StackInfo, RUN_FORMAT};
 use crate::pipeline::generate::GenerateRequest;
-use crate::prune::flops::{schedule_flops, step_flops};
+use crate::prune::flops::{full_flops, step_flops};
 use crate::prune::schedule::{stacks, PruneSchedule, StackAction};
 
 impl RunInfo {
@@ -25,7 +25,6 @@ impl RunInfo {
         let plan = stacks(unet, lh, lw);
         prune.check_stacks(&plan)?;
         let per_step = step_flops(unet, lh, lw, steps, prune)?;
-        let report = schedule_flops(unet, lh, lw, steps, prune)?;
         Ok(RunInfo {
             format: RUN_FORMAT.into(),
             settings: settings.into(),
@@ -39,7 +38,7 @@ impl RunInfo {
             step_ms: Vec::new(),
             step_flops: per_step.iter().map(|f| f.model).collect(),
             step_overhead_flops: per_step.iter().map(|f| f.overhead).collect(),
-            full_flops: report.full,
+            full_flops: full_flops(unet, lh, lw),
             early_steps: prune.early_steps(steps),
             stacks: plan
                 .iter()

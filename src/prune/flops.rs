@@ -231,15 +231,20 @@ pub fn schedule_flops(
             .sum::<f64>()
             / steps as f64
     };
-    let cc = cfg.cross_attention_dim as u64;
     Ok(FlopsReport {
         model: avg(|f| f.model),
         overhead: avg(|f| f.overhead),
-        full: step_full(cfg, lh, lw, convolution_macs(cfg, lh, lw), cc),
+        full: full_flops(cfg, lh, lw),
         early: per_step[0].model,
         late: per_step[steps - 1].model,
         early_steps: 0,
     })
+}
+
+/// Model FLOPs of one unpruned step (one image).
+pub fn full_flops(cfg: &UNetConfig, lh: usize, lw: usize) -> f64 {
+    let cc = cfg.cross_attention_dim as u64;
+    step_full(cfg, lh, lw, convolution_macs(cfg, lh, lw), cc)
 }
 
 /// `(model, overhead)` multiply-adds of one stack doing `action`.

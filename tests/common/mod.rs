@@ -237,8 +237,13 @@ pub struct FixtureInputs {
 
 impl FixtureInputs {
     pub fn load(path: &Path, dtype: DType) -> Self {
+        Self::load_on(ctx(), path, dtype)
+    }
+
+    /// [`FixtureInputs::load`] on the context `c`.
+    pub fn load_on(c: &GpuContext, path: &Path, dtype: DType) -> Self {
         let inputs = atedm::model::weights::read_all_f32(path).unwrap();
-        let up = |k: &str| Tensor::from_f32(ctx(), &inputs[k].1, &inputs[k].0, dtype).unwrap();
+        let up = |k: &str| Tensor::from_f32(c, &inputs[k].1, &inputs[k].0, dtype).unwrap();
         FixtureInputs {
             sample: up("sample"),
             encoder_hidden_states: up("encoder_hidden_states"),

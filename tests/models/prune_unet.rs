@@ -7,11 +7,11 @@ use std::path::PathBuf;
 
 use crate::common::*;
 use atedm::model::load::load_unet;
-use atedm::model::unet::{PruneStep, UNetInputs};
+use atedm::model::unet::PruneStep;
 use atedm::model::weights::read_all_f32;
 use atedm::prune::schedule::stacks;
 use atedm::prune::{AtEdm, Pruning, Recovery};
-use atedm::{DType, Tensor};
+use atedm::DType;
 
 #[test]
 fn pruned_unet_matches_the_reference() {
@@ -59,17 +59,9 @@ fn pruned_unet_matches_the_reference() {
             s["steps"].as_u64().unwrap() as usize,
         );
         let unet = load_unet(c, &root(meta["unet"].as_str().unwrap()), None, DType::F32).unwrap();
-        let inputs = read_all_f32(&root(meta["inputs"].as_str().unwrap())).unwrap();
-        let up = |k: &str| Tensor::from_f32(c, &inputs[k].1, &inputs[k].0, DType::F32).unwrap();
-        let (sample, enc, text) = (up("sample"), up("encoder_hidden_states"), up("text_embeds"));
-        let x = UNetInputs {
-            sample: &sample,
-            timesteps: &inputs["timestep"].1,
-            encoder_hidden_states: &enc,
-            text_embeds: &text,
-            time_ids: &inputs["time_ids"].1,
-        };
-        let shape = sample.shape();
+        let inputs = FixtureInputs::load(&root(meta["inputs"].as_str().unwrap()), DType::F32);
+        let x = inputs.unet_inputs();
+        let shape = x.sample.shape();
         let result = pruning
             .check_stacks(&stacks(&unet.config, shape[2], shape[3]))
             .and_then(|()| unet.forward_pruned(c, &x, &step));

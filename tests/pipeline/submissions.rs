@@ -4,11 +4,10 @@
 use crate::common::*;
 use atedm::gpu::{ContextOptions, GpuContext};
 use atedm::model::load::load_unet;
-use atedm::model::unet::{PruneStep, UNetInputs};
-use atedm::model::weights::read_all_f32;
+use atedm::model::unet::PruneStep;
 use atedm::prune::tome::TomeSettings;
 use atedm::prune::Pruning;
-use atedm::{DType, Tensor};
+use atedm::DType;
 
 #[test]
 fn a_unet_step_is_one_submission_with_and_without_pruning() {
@@ -21,16 +20,12 @@ fn a_unet_step_is_one_submission_with_and_without_pruning() {
         DType::F32,
     )
     .unwrap();
-    let inputs = read_all_f32(&root("tests/fixtures/unet/tiny-b/inputs.safetensors")).unwrap();
-    let up = |k: &str| Tensor::from_f32(c, &inputs[k].1, &inputs[k].0, DType::F32).unwrap();
-    let (sample, enc, text) = (up("sample"), up("encoder_hidden_states"), up("text_embeds"));
-    let x = UNetInputs {
-        sample: &sample,
-        timesteps: &inputs["timestep"].1,
-        encoder_hidden_states: &enc,
-        text_embeds: &text,
-        time_ids: &inputs["time_ids"].1,
-    };
+    let inputs = FixtureInputs::load_on(
+        c,
+        &root("tests/fixtures/unet/tiny-b/inputs.safetensors"),
+        DType::F32,
+    );
+    let x = inputs.unet_inputs();
     let atedm = Pruning::atedm(0.5).unwrap();
     let tome = Pruning::tome(TomeSettings {
         merge_mlp: true,
